@@ -1,0 +1,3 @@
+"""cryptostats: a live, queryable record of cryptocurrency market stats."""
+
+__version__ = "0.1.0"

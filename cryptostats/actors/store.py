@@ -1,0 +1,169 @@
+"""Store: writes price events to MongoDB and answers queries about them.
+
+Price events come from a durable JetStream consumer and are acknowledged
+only after the write, so a crash before the write means a redelivery, and
+the unique index makes the redelivery harmless. Queries arrive by
+request/reply in a queue group, so Store replicas share them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
+from pymongo.errors import PyMongoError
+
+from cryptostats import subjects
+from cryptostats.actors import ActorContext, subscription
+from cryptostats.actors.publisher import ensure_price_stream
+from cryptostats.messages import Quote, dumps, loads, to_iso
+from cryptostats.storage import QuoteStore, connect
+
+log = structlog.get_logger("cryptostats.store", actor="store")
+
+FETCH_BATCH = 256
+ACK_WAIT_S = 30.0
+RETRY_DELAY_S = 2.0
+MAX_QUERY_CONCURRENCY = 64
+
+
+class Store:
+    """See the module docstring."""
+
+    name = "store"
+
+    def __init__(self, context: ActorContext) -> None:
+        self._nats = context.nats
+        self._settings = context.settings
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        client = connect(self._settings.mongo.uri)
+        try:
+            store = QuoteStore(
+                client[self._settings.mongo.database],
+                self._settings.mongo.recent_prices,
+            )
+            await store.ensure_indexes()
+            await self._serve(store, task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+    async def _serve(self, store: QuoteStore, task_status: TaskStatus[None]) -> None:
+        js = self._nats.jetstream()
+        await ensure_price_stream(js, self._settings.nats)
+        events = await _durable_consumer(js)
+        try:
+            async with (
+                subscription(
+                    self._nats, subjects.QUERY_LATEST, subjects.STORE_QUEUE
+                ) as queries,
+                anyio.create_task_group() as group,
+            ):
+                task_status.started()
+                group.start_soon(self._consume, events, store)
+                limiter = anyio.CapacityLimiter(MAX_QUERY_CONCURRENCY)
+                async for msg in queries.messages:
+                    async with limiter:
+                        group.start_soon(self._answer, msg, store, limiter)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await events.unsubscribe()
+
+    async def _consume(
+        self, events: JetStreamContext.PullSubscription, store: QuoteStore
+    ) -> None:
+        while True:
+            try:
+                batch = await events.fetch(FETCH_BATCH, timeout=1.0)
+            except NatsTimeoutError:
+                continue
+            for msg in batch:
+                await self._save(msg, store)
+
+    async def _save(self, msg: Msg, store: QuoteStore) -> None:
+        try:
+            quote = Quote.from_dict(loads(msg.data))
+        except ValueError as exc:
+            log.warning("event_malformed", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return
+
+        try:
+            added, newest = await store.save(quote)
+        except PyMongoError as exc:
+            log.warning("store_unavailable", coin=quote.coin, error=type(exc).__name__)
+            await msg.nak(delay=RETRY_DELAY_S)
+            await anyio.sleep(RETRY_DELAY_S)
+            return
+
+        await msg.ack()
+        log.debug("quote_stored", coin=quote.coin, added=added, newest=newest)
+        if newest:
+            await self._nats.publish(subjects.stored_subject(quote.coin), msg.data)
+
+    async def _answer(
+        self, msg: Msg, store: QuoteStore, limiter: anyio.CapacityLimiter
+    ) -> None:
+        async with limiter:
+            try:
+                reply = await self._query_latest(loads(msg.data), store)
+            except ValueError as exc:
+                reply = {"error": {"code": "bad_query", "message": str(exc)}}
+            except PyMongoError as exc:
+                log.warning("query_failed", error=type(exc).__name__)
+                reply = {
+                    "error": {
+                        "code": "store_unavailable",
+                        "message": "database unavailable",
+                    }
+                }
+            await msg.respond(dumps(reply))
+
+    async def _query_latest(self, query: Any, store: QuoteStore) -> dict[str, Any]:
+        if not isinstance(query, dict) or not isinstance(query.get("coin"), str):
+            raise ValueError("query must be an object with a string 'coin'")
+        prices = query.get("prices", 0)
+        if not isinstance(prices, int) or prices < 0:
+            raise ValueError("'prices' must be a non-negative integer")
+
+        document = await store.latest(query["coin"])
+        if document is None:
+            return {"found": False}
+
+        return {"found": True, "quote": _quote_json(document, prices)}
+
+
+def _quote_json(document: dict[str, Any], prices: int) -> dict[str, Any]:
+    recent = document.get("prices", [])
+    return {
+        "coin": document["_id"],
+        "vsCurrency": document["vs_currency"],
+        "price": document["price"],
+        "marketCap": document["market_cap"],
+        "24hChange": document["change_24h"],
+        "observedAt": to_iso(document["observed_at"]),
+        "fetchedAt": to_iso(document["fetched_at"]),
+        "recentPrices": recent[-prices:] if prices else [],
+    }
+
+
+async def _durable_consumer(js: JetStreamContext) -> JetStreamContext.PullSubscription:
+    config = ConsumerConfig(
+        durable_name=subjects.STORE_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_deliver=-1,
+    )
+    return await js.pull_subscribe(
+        subjects.PRICE_WILDCARD,
+        durable=subjects.STORE_CONSUMER,
+        stream=subjects.PRICE_STREAM,
+        config=config,
+    )

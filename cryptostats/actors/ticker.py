@@ -1,0 +1,58 @@
+"""Ticker: publishes a tick on each moment of the cron schedule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from croniter import croniter
+
+from cryptostats import subjects
+from cryptostats.actors import ActorContext
+from cryptostats.messages import dumps, to_iso
+
+log = structlog.get_logger("cryptostats.ticker", actor="ticker")
+
+
+def next_tick(cron: str, after: datetime) -> datetime:
+    """The first moment of `cron` strictly after `after` (6 fields: seconds first)."""
+    seconds_first = len(cron.split()) == 6
+    schedule = croniter(cron, after, second_at_beginning=seconds_first)
+
+    return schedule.get_next(datetime).astimezone(UTC)
+
+
+class Ticker:
+    """Publishes `{"tickId", "scheduledAt"}` on the tick subject.
+
+    The next moment is always computed from the wall clock, so a slow tick
+    or a suspended process never makes the schedule drift.
+    """
+
+    name = "ticker"
+
+    def __init__(self, context: ActorContext) -> None:
+        self._nats = context.nats
+        self._schedule = context.settings.schedule
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        last = datetime.now(UTC)
+        if self._schedule.tick_at_start:
+            await self._tick(last)
+
+        while True:
+            # A sleep may end a hair early; never tick the same moment twice.
+            moment = next_tick(self._schedule.cron, max(datetime.now(UTC), last))
+            await anyio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
+            await self._tick(moment)
+            last = moment
+
+    async def _tick(self, moment: datetime) -> None:
+        tick_id = to_iso(moment)
+        await self._nats.publish(
+            subjects.TICK, dumps({"tickId": tick_id, "scheduledAt": tick_id})
+        )
+        log.info("tick", tick_id=tick_id)

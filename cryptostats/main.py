@@ -1,0 +1,278 @@
+"""The `cryptostats` command: settings, embedded servers, NATS, supervisor.
+
+`python -m cryptostats` runs all five actors; `--actors` runs any subset,
+so the same program can be split across processes and machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nats
+import structlog
+from anyio.abc import TaskGroup
+from nats.aio.client import Client as NatsClient
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_fixed,
+)
+
+from cryptostats import embedded
+from cryptostats.actors import ActorContext
+from cryptostats.actors.fetcher import Fetcher
+from cryptostats.actors.http_api import HttpApi
+from cryptostats.actors.publisher import Publisher
+from cryptostats.actors.store import Store
+from cryptostats.actors.ticker import Ticker
+from cryptostats.config import ACTOR_NAMES, Settings, load_settings
+from cryptostats.errors import CryptostatsError
+from cryptostats.logs import configure_logging
+from cryptostats.supervisor import Actor, Supervisor
+
+log = structlog.get_logger("cryptostats.main")
+
+ACTOR_TYPES = {
+    "ticker": Ticker,
+    "fetcher": Fetcher,
+    "publisher": Publisher,
+    "store": Store,
+    "http_api": HttpApi,
+}
+NEEDS_MONGO = {"store"}
+NATS_CONNECT_WAIT_S = 30.0
+EXIT_CONFIG = 2
+EXIT_CRASHED = 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command-line flags; see `--help`."""
+    parser = argparse.ArgumentParser(
+        prog="cryptostats", description="Live cryptocurrency market stats over NATS."
+    )
+    parser.add_argument(
+        "--config", type=Path, help="TOML file (default: ./config.toml if present)"
+    )
+    parser.add_argument(
+        "--actors", help=f"comma-separated subset of {','.join(ACTOR_NAMES)}"
+    )
+    parser.add_argument("--host", help="HTTP listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="HTTP listen port (default 3000)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="embedded servers' data (default ./data)"
+    )
+    parser.add_argument(
+        "--schedule",
+        help="cron expression; 6 fields put seconds first ('*/5 * * * * *')",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    return parser.parse_args(argv)
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Settings given by flags, in the shape of the config file."""
+    overrides: dict[str, dict[str, Any]] = {}
+    pairs = [
+        (
+            "service",
+            "actors",
+            args.actors and [a.strip() for a in args.actors.split(",")],
+        ),
+        ("service", "data_dir", args.data_dir),
+        ("http", "host", args.host),
+        ("http", "port", args.port),
+        ("schedule", "cron", args.schedule),
+    ]
+    for section, key, value in pairs:
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+
+    return overrides
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The config file to read: the flag's, else ./config.toml if it exists."""
+    if args.config is not None:
+        return Path(args.config)
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the service until SIGINT/SIGTERM; exit non-zero on failure."""
+    started = time.monotonic()
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        settings = load_settings(config_path(args), overrides=flag_overrides(args))
+    except CryptostatsError as exc:
+        log.error("config_invalid", error=str(exc))
+        sys.exit(EXIT_CONFIG)
+
+    sys.exit(anyio.run(run_service, settings, started))
+
+
+async def run_service(settings: Settings, started: float) -> int:
+    """Start what `settings` asks for, run it until a signal, stop it all.
+
+    Returns:
+        The process exit code: 0 after a clean stop.
+    """
+    try:
+        async with AsyncExitStack() as stack:
+            settings = await start_embedded_servers(settings, stack)
+            client = await connect_nats(settings.nats.url)
+            stack.push_async_callback(_drain, client)
+            return await supervise(settings, client, started)
+    except (CryptostatsError, ExceptionGroup) as exc:
+        for error in _leaves(exc):
+            log.error(
+                "service_failed", error=str(error), error_type=type(error).__name__
+            )
+        return EXIT_CRASHED
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+async def start_embedded_servers(settings: Settings, stack: AsyncExitStack) -> Settings:
+    """Start nats-server and SecantusDB where no URL is configured.
+
+    Returns:
+        The settings with the embedded servers' URLs filled in.
+
+    Raises:
+        EmbeddedServerError: a server did not start.
+    """
+    data_dir = settings.service.data_dir.resolve()
+    nats_settings, mongo_settings = settings.nats, settings.mongo
+
+    if not settings.nats.url:
+        server = embedded.embedded_nats(data_dir)
+        await server.start()
+        stack.push_async_callback(server.stop)
+        nats_settings = nats_settings.model_copy(
+            update={"url": embedded.nats_url(server)}
+        )
+
+    wants_mongo = NEEDS_MONGO & set(settings.service.actors)
+    if not settings.mongo.uri and wants_mongo:
+        server = embedded.embedded_mongo(data_dir)
+        await server.start()
+        stack.push_async_callback(server.stop)
+        mongo_settings = mongo_settings.model_copy(
+            update={"uri": embedded.mongo_uri(server)}
+        )
+
+    return settings.model_copy(update={"nats": nats_settings, "mongo": mongo_settings})
+
+
+async def connect_nats(url: str) -> NatsClient:
+    """Connect to NATS, waiting for a server that is still starting.
+
+    Raises:
+        nats.errors.NoServersError: no server answered within the wait.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=repr(exc))
+
+    async def on_disconnected() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected")
+
+    retrying = AsyncRetrying(
+        stop=stop_after_delay(NATS_CONNECT_WAIT_S),
+        wait=wait_fixed(0.5),
+        retry=retry_if_exception_type(OSError)
+        | retry_if_exception_type(nats.errors.NoServersError),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            client = await nats.connect(
+                url,
+                name="cryptostats",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+    log.info("nats_connected", url=_without_credentials(url))
+    return client
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+async def _drain(client: NatsClient) -> None:
+    with anyio.CancelScope(shield=True):
+        if not client.is_closed:
+            await client.drain()
+    log.info("nats_drained")
+
+
+async def supervise(settings: Settings, client: NatsClient, started: float) -> int:
+    """Run the configured actors until SIGINT/SIGTERM.
+
+    Returns:
+        0 after a clean stop.
+
+    Raises:
+        ActorBudgetExceededError: an actor kept crashing.
+    """
+    supervisor: Supervisor
+    context = ActorContext(client, settings, states=lambda: supervisor.states())
+    actors: list[Actor] = [
+        ACTOR_TYPES[name](context) for name in settings.service.actors
+    ]
+    supervisor = Supervisor(actors, settings.supervisor)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(_stop_on_signal, supervisor)
+        await group.start(_run_then_cancel, supervisor, group)
+        log.info(
+            "service_ready",
+            actors=list(settings.service.actors),
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+        )
+
+    log.info("service_stopped")
+    return 0
+
+
+async def _run_then_cancel(
+    supervisor: Supervisor, group: TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    try:
+        await supervisor.run(task_status=task_status)
+    finally:
+        group.cancel_scope.cancel()
+
+
+async def _stop_on_signal(supervisor: Supervisor) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            await supervisor.stop()
+            return

@@ -1,0 +1,41 @@
+"""Every NATS subject, queue group, stream and consumer name cryptostats uses.
+
+These names are the public contract between actors, and between cryptostats
+and outside subscribers; the README lists them too.
+"""
+
+from __future__ import annotations
+
+PREFIX = "cryptostats"
+
+# Ticker -> Fetcher: one message per scheduled moment (core NATS).
+TICK = f"{PREFIX}.tick"
+FETCHER_QUEUE = "cryptostats-fetcher"
+
+# Fetcher -> Publisher: a batch of validated quotes (request/reply, acked
+# only once every quote of the batch is in the stream).
+QUOTES = f"{PREFIX}.quotes"
+PUBLISHER_QUEUE = "cryptostats-publisher"
+
+# Publisher -> Store and outside subscribers: one event per quote (JetStream).
+PRICE_STREAM = "CRYPTOSTATS_PRICES"
+PRICE_PREFIX = f"{PREFIX}.price"
+PRICE_WILDCARD = f"{PRICE_PREFIX}.>"
+STORE_CONSUMER = "cryptostats-store"
+
+# Store -> anyone: a notice after a newer quote became a coin's latest.
+STORED_PREFIX = f"{PREFIX}.stored"
+
+# HttpApi -> Store: read the latest quote and recent prices of a coin.
+QUERY_LATEST = f"{PREFIX}.query.latest"
+STORE_QUEUE = "cryptostats-store"
+
+
+def price_subject(coin: str, vs_currency: str) -> str:
+    """The JetStream subject of a coin's price events, e.g. `...price.usd.bitcoin`."""
+    return f"{PRICE_PREFIX}.{vs_currency}.{coin}"
+
+
+def stored_subject(coin: str) -> str:
+    """The subject on which Store announces a coin's new latest quote."""
+    return f"{STORED_PREFIX}.{coin}"
