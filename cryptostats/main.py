@@ -232,6 +232,18 @@ async def _drain(client: NatsClient) -> None:
     log.info("nats_drained")
 
 
+def build_supervisor(settings: Settings, client: NatsClient) -> Supervisor:
+    """A supervisor of the actors `settings` names, sharing one NATS client."""
+    supervisor: Supervisor
+    context = ActorContext(client, settings, states=lambda: supervisor.states())
+    actors: list[Actor] = [
+        ACTOR_TYPES[name](context) for name in settings.service.actors
+    ]
+    supervisor = Supervisor(actors, settings.supervisor)
+
+    return supervisor
+
+
 async def supervise(settings: Settings, client: NatsClient, started: float) -> int:
     """Run the configured actors until SIGINT/SIGTERM.
 
@@ -241,12 +253,7 @@ async def supervise(settings: Settings, client: NatsClient, started: float) -> i
     Raises:
         ActorBudgetExceededError: an actor kept crashing.
     """
-    supervisor: Supervisor
-    context = ActorContext(client, settings, states=lambda: supervisor.states())
-    actors: list[Actor] = [
-        ACTOR_TYPES[name](context) for name in settings.service.actors
-    ]
-    supervisor = Supervisor(actors, settings.supervisor)
+    supervisor = build_supervisor(settings, client)
 
     async with anyio.create_task_group() as group:
         group.start_soon(_stop_on_signal, supervisor)
