@@ -1,0 +1,81 @@
+"""Settings: the shipped config.toml, the environment and flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cryptostats.config import Settings, load_settings
+from cryptostats.errors import ConfigError
+from cryptostats.main import flag_overrides, parse_args
+from tests.conftest import REPO
+
+
+def test_the_shipped_config_file_sets_every_key_to_its_default() -> None:
+    path = REPO / "config.toml"
+    written = tomllib.loads(path.read_text())
+
+    defaults = Settings().model_dump(mode="json")
+
+    assert load_settings(path, environ={}) == Settings()
+    assert {section: set(keys) for section, keys in written.items()} == {
+        section: set(keys) for section, keys in defaults.items()
+    }
+
+
+def test_environment_variables_override_the_file() -> None:
+    environ = {
+        "MONGO_URI": "mongodb://db.example:27017",
+        "NATS_URL": "nats://bus.example:4222",
+        "COINGECKO_API_KEY": "secret",
+        "COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3",
+    }
+
+    settings = load_settings(REPO / "config.toml", environ=environ)
+
+    assert settings.mongo.uri == "mongodb://db.example:27017"
+    assert settings.nats.url == "nats://bus.example:4222"
+    assert settings.coingecko.api_key == "secret"
+    assert settings.coingecko.base_url == "http://127.0.0.1:9/api/v3"
+    assert "secret" not in repr(settings)
+
+
+def test_flags_override_the_environment() -> None:
+    args = parse_args(
+        ["--actors", "store,ticker", "--port", "3100", "--schedule", "*/5 * * * * *"]
+    )
+
+    settings = load_settings(None, environ={}, overrides=flag_overrides(args))
+
+    assert settings.service.actors == ("ticker", "store")
+    assert settings.http.port == 3100
+    assert settings.schedule.cron == "*/5 * * * * *"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"service": {"actors": ["ticker", "cook"]}}, "service.actors"),
+        ({"schedule": {"cron": "every minute"}}, "schedule.cron"),
+        ({"coins": {"ids": ["Bitcoin"]}}, "coins.ids"),
+        ({"http": {"port": 70000}}, "http.port"),
+        ({"nats": {"colour": "blue"}}, "nats.colour"),
+    ],
+)
+def test_an_invalid_setting_is_a_config_error_naming_the_key(
+    overrides: dict, complaint: str
+) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(None, environ={}, overrides=overrides)
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[coins\nids = 3")
+
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.toml", environ={})
