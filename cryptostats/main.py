@@ -275,10 +275,10 @@ async def supervise(settings: Settings, client: NatsClient, started: float) -> i
 async def _run_then_cancel(
     supervisor: Supervisor, group: TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
 ) -> None:
-    try:
-        await supervisor.run(task_status=task_status)
-    finally:
-        group.cancel_scope.cancel()
+    # Cancelling on a failure too would swallow the failure of an actor that
+    # stops before it is ready (a rejected API key): the error must surface.
+    await supervisor.run(task_status=task_status)
+    group.cancel_scope.cancel()
 
 
 async def _stop_on_signal(supervisor: Supervisor) -> None:

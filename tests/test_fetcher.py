@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +16,21 @@ from structlog.testing import capture_logs
 from cryptostats.config import Settings
 from cryptostats.errors import ApiKeyRejectedError
 from cryptostats.fakegecko import FakeCoinGecko
-from cryptostats.main import _leaves
-from tests.conftest import Running, get_json, make_settings, run_actors, wait_for
+from cryptostats.main import EXIT_CONFIG, _leaves
+from tests.conftest import (
+    Running,
+    ServiceProcess,
+    get_json,
+    make_settings,
+    run_actors,
+    wait_for,
+)
 from tests.test_coingecko import (
     CLOUDFLARE_PAGE,
     KEY,
     PRO_KEY_ON_PUBLIC_HOST_BODY,
     RATE_LIMIT_BODY,
+    UNAUTHORIZED_BODY,
 )
 
 OBSERVED_AT = 1764780000  # 2025-12-03T16:40:00Z
@@ -233,3 +242,51 @@ async def test_a_key_for_the_wrong_host_stops_the_actors_with_a_clear_error(
     assert events(logs, "actor_misconfigured")[0]["actor"] == "fetcher"
     assert not events(logs, "actor_restarting")
     assert KEY not in repr(logs)
+
+
+async def test_the_service_exits_with_the_config_code_when_the_key_is_rejected(
+    nats_url: str, fake_gecko: FakeCoinGecko, tmp_path: Path
+) -> None:
+    fake_gecko.enqueue(400, PRO_KEY_ON_PUBLIC_HOST_BODY)
+    env = {
+        "NATS_URL": nats_url,
+        "COINGECKO_PLAN": "demo",
+        "COINGECKO_API_KEY": KEY,
+        "COINGECKO_BASE_URL": fake_gecko.base_url,
+    }
+    service = ServiceProcess(
+        ["--actors", "fetcher", "--data-dir", str(tmp_path)], env, tmp_path / "log"
+    )
+    try:
+        code = await asyncio.to_thread(service.process.wait, 30)
+    finally:
+        service.stop()
+
+    log = service.log()
+    assert code == EXIT_CONFIG
+    assert "ApiKeyRejectedError" in log and "pro-api.coingecko.com" in log
+    assert KEY not in log
+
+
+async def test_a_key_rejected_on_a_tick_stops_the_actors_too(
+    nats_url: str, mongo_uri: str, fake_gecko: FakeCoinGecko
+) -> None:
+    settings = make_settings(
+        nats_url,
+        mongo_uri,
+        fake_gecko.base_url,
+        coingecko={"plan": "pro", "api_key": KEY},
+    )
+
+    with captured(), pytest.raises(BaseException) as caught:
+        async with run_actors(settings) as running:
+            fake_gecko.enqueue(401, UNAUTHORIZED_BODY)
+            await running.tick()
+            await asyncio.sleep(5)
+
+    leaves = _leaves(caught.value)
+    assert any(isinstance(error, ApiKeyRejectedError) for error in leaves)
+    assert [r.path for r in fake_gecko.requests] == [
+        "/api/v3/ping",
+        "/api/v3/simple/price",
+    ]
