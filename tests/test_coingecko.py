@@ -26,9 +26,10 @@ from cryptostats.coingecko import (
     retry_after_s,
     safe_snippet,
 )
-from cryptostats.config import CoinGeckoSettings
-from cryptostats.errors import ApiKeyRejectedError
+from cryptostats.config import CoinGeckoSettings, CoinSettings, load_settings
+from cryptostats.errors import ApiKeyRejectedError, ConfigError
 from cryptostats.fakegecko import FakeCoinGecko
+from tests.conftest import REPO
 
 RATE_LIMIT_BODY = {
     "status": {
@@ -527,3 +528,63 @@ async def test_a_ping_that_fails_otherwise_only_logs(
 
     [warning] = events(logs, "ping_failed")
     assert "503" in warning["error"]
+
+
+# Settings
+
+
+def test_config_toml_ships_the_defaults_of_plans_budget_and_aliases() -> None:
+    from_file = load_settings(REPO / "config.toml", environ={})
+
+    assert from_file.coingecko == CoinGeckoSettings()
+    assert from_file.coins == CoinSettings()
+    assert from_file.coins.aliases == {"matic-network": "polygon-ecosystem-token"}
+
+
+@pytest.mark.parametrize(
+    ("plan", "root", "header", "budget"),
+    [
+        ("public", "https://api.coingecko.com/api/v3", None, 5),
+        ("demo", "https://api.coingecko.com/api/v3", "x-cg-demo-api-key", 30),
+        ("pro", "https://pro-api.coingecko.com/api/v3", "x-cg-pro-api-key", 500),
+    ],
+)
+def test_the_plan_picks_host_header_and_budget(
+    plan: str, root: str, header: str | None, budget: int
+) -> None:
+    environ = {"COINGECKO_PLAN": plan}
+    if header:
+        environ["COINGECKO_API_KEY"] = KEY
+
+    settings = load_settings(None, environ=environ).coingecko
+
+    assert (settings.root_url, settings.key_header) == (root, header)
+    assert settings.call_budget == budget
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"COINGECKO_API_KEY": KEY}, "plan is 'public'"),
+        ({"COINGECKO_PLAN": "pro"}, "needs an API key"),
+        ({"COINGECKO_PLAN": "gold", "COINGECKO_API_KEY": KEY}, "coingecko.plan"),
+    ],
+)
+def test_a_key_that_does_not_fit_the_plan_is_refused_without_showing_it(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ=environ)
+
+    assert message in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+def test_aliases_resolve_to_current_ids_and_may_not_chain() -> None:
+    coins = CoinSettings(ids=("bitcoin", "matic-network", "polygon-ecosystem-token"))
+
+    assert coins.tracked == ("bitcoin", "polygon-ecosystem-token")
+    assert coins.canonical("matic-network") == "polygon-ecosystem-token"
+    assert coins.canonical("bitcoin") == "bitcoin"
+    with pytest.raises(ValueError, match="itself an alias"):
+        CoinSettings(aliases={"a": "b", "b": "c"})
