@@ -1,30 +1,44 @@
 """The CoinGecko client: batched `/simple/price` calls, retries, validation.
 
-Only the Fetcher uses it. An answer becomes quotes only after each value is
-checked; anything doubtful is counted, logged and dropped, never stored.
+Only the Fetcher uses it. Every call goes through a call budget that spaces
+calls evenly within the plan's calls per minute and holds them back after a
+429. An answer becomes quotes only after each value is checked; anything
+doubtful is counted, logged and dropped, never stored.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+import anyio
 import structlog
+from multidict import CIMultiDictProxy
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
-from cryptostats.config import CoinGeckoSettings
+from cryptostats.config import CoinGeckoSettings, Plan
 from cryptostats.errors import (
+    ApiKeyRejectedError,
+    CallDeferredError,
     QuoteInvalidError,
+    UpstreamError,
+    UpstreamRateLimitedError,
     UpstreamStatusError,
     UpstreamUnreachableError,
 )
@@ -32,27 +46,84 @@ from cryptostats.messages import Quote
 
 log = structlog.get_logger("cryptostats.coingecko")
 
-# Keeps each request line well under the 8 KiB that servers commonly accept.
-MAX_IDS_CHARS = 4000
 # No real coin is priced above this; a larger value is a broken answer.
 MAX_PRICE = 1e12
 EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
 SNIPPET_CHARS = 120
+# A Retry-After longer than this is taken as this: a broken header must not
+# silence the service for days.
+MAX_RETRY_AFTER_S = 3600.0
+# CoinGecko's `status.error_code` for a key sent to the wrong host.
+PRO_KEY_ON_PUBLIC_HOST = 10010
+DEMO_KEY_ON_PRO_HOST = 10011
+_TAG_RE = re.compile(r"<[^>]*>")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass
 class FetchResult:
-    """What one fetch of a set of coins gave: quotes and what was dropped."""
+    """What one fetch of a set of coins gave: quotes and what was dropped.
+
+    `failed` coins were in a batch CoinGecko gave no usable answer to;
+    `skipped` coins were not asked because the next call had to wait
+    `wait_s` seconds, past the deadline.
+    """
 
     quotes: list[Quote] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     attempts: int = 0
+    wait_s: float | None = None
 
 
-def batches(
-    coins: Sequence[str], max_chars: int = MAX_IDS_CHARS
-) -> Iterator[list[str]]:
+class CallBudget:
+    """Spaces calls `60 / calls_per_minute` seconds apart, and holds them
+    back until a time CoinGecko asked for (`defer`)."""
+
+    def __init__(
+        self,
+        calls_per_minute: float,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        self.interval_s = 60.0 / calls_per_minute
+        self._clock = clock
+        self._sleep = sleep
+        self._next_at = -math.inf
+        self._not_before = -math.inf
+        self._lock = anyio.Lock()
+
+    def defer(self, wait_s: float) -> None:
+        """Make no call for `wait_s` seconds from now."""
+        self._not_before = max(self._not_before, self._clock() + wait_s)
+
+    def wait_s(self) -> float:
+        """How long the next call would wait now."""
+        return max(0.0, max(self._next_at, self._not_before) - self._clock())
+
+    async def acquire(self, deadline: float | None = None) -> None:
+        """Wait for the next call's turn and take it.
+
+        Args:
+            deadline: a `clock()` time; a turn after it is not waited for.
+
+        Raises:
+            CallDeferredError: the turn comes after `deadline`; no turn taken.
+        """
+        async with self._lock:
+            turn = max(self._next_at, self._not_before)
+            if deadline is not None and turn > deadline:
+                raise CallDeferredError(turn - self._clock())
+
+            await self._sleep(max(0.0, turn - self._clock()))
+            self._next_at = self._clock() + self.interval_s
+
+
+def batches(coins: Sequence[str], max_chars: int) -> Iterator[list[str]]:
     """Split coin ids into batches whose comma-joined length fits `max_chars`."""
     batch: list[str] = []
     length = 0
@@ -66,6 +137,44 @@ def batches(
         yield batch
 
 
+def retry_after_s(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait per a Retry-After header: delta-seconds or HTTP-date.
+
+    Returns None for an absent or unreadable header; the result is clamped
+    to 0..MAX_RETRY_AFTER_S.
+    """
+    if value is None:
+        return None
+
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = (moment - now).total_seconds()
+
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def safe_snippet(text: str, secret: str = "", html: bool = False) -> str:
+    """A short, printable, single-line extract of an answer for a log line.
+
+    Tags are dropped from HTML; `secret` never appears in the result.
+    """
+    if html:
+        text = _TAG_RE.sub(" ", text)
+    text = "".join(char if char.isprintable() else " " for char in text)
+    if secret:
+        text = text.replace(secret, "[key]")
+
+    return " ".join(text.split())[:SNIPPET_CHARS]
+
+
 def parse_simple_price(
     body: Any, coins: Sequence[str], vs_currency: str, fetched_at: datetime
 ) -> FetchResult:
@@ -73,6 +182,9 @@ def parse_simple_price(
 
     Coins absent from the answer, or present with no price, are `missing`;
     coins with an unusable value are `rejected` with the reason.
+
+    Raises:
+        UpstreamStatusError: the answer is not a JSON object.
     """
     result = FetchResult()
     if not isinstance(body, dict):
@@ -149,86 +261,244 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, UpstreamUnreachableError)
 
 
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    content_type: str
+    headers: CIMultiDictProxy[str]
+    text: str
+
+
 class CoinGeckoClient:
-    """Fetches quotes from `/simple/price`, in batches, with bounded retries."""
+    """Fetches quotes from `/simple/price`, in batches, with bounded retries.
+
+    Args:
+        settings: plan, key, host, budget and retry settings.
+        session: the HTTP session calls go through.
+        clock: monotonic seconds; deadlines given to `fetch` use it.
+        sleep: how to wait; the budget, 429 waits and backoff use it.
+    """
 
     def __init__(
-        self, settings: CoinGeckoSettings, session: aiohttp.ClientSession
+        self,
+        settings: CoinGeckoSettings,
+        session: aiohttp.ClientSession,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
     ) -> None:
         self._settings = settings
         self._session = session
+        self._clock = clock
+        self._sleep = sleep
+        self.budget = CallBudget(settings.call_budget, clock, sleep)
+        self._backoff = wait_exponential(
+            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
+        ) + wait_random(0, settings.backoff_initial_s)
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"accept": "application/json"}
-        if self._settings.api_key:
-            headers["x-cg-demo-api-key"] = self._settings.api_key
-        return headers
+    @property
+    def host(self) -> str:
+        """The host calls go to (for messages; never holds credentials)."""
+        return urlsplit(self._settings.root_url).hostname or "?"
 
-    async def fetch(self, coins: Sequence[str], vs_currency: str) -> FetchResult:
-        """Fetch and validate quotes of `coins`.
+    async def check_access(self) -> None:
+        """Call `/ping` once, so that a rejected key stops the start.
+
+        Any other failure is only logged: the first fetch will tell more.
 
         Raises:
-            UpstreamStatusError: an error status or non-JSON answer, after
-                the retries that transient ones get.
-            UpstreamUnreachableError: no answer, after retries.
+            ApiKeyRejectedError: the key is wrong, or sent to the wrong host.
+        """
+        await self.budget.acquire()
+        try:
+            await self._get("/ping", {})
+        except UpstreamRateLimitedError as exc:
+            self._note_rate_limit(exc)
+        except UpstreamError as exc:
+            log.warning("ping_failed", host=self.host, error=str(exc))
+
+    async def fetch(
+        self, coins: Sequence[str], vs_currency: str, deadline: float | None = None
+    ) -> FetchResult:
+        """Fetch and validate quotes of `coins`, batch by batch.
+
+        A batch that gets no usable answer after its retries is counted in
+        `failed`; once a call would have to wait past `deadline` (a `clock`
+        time), the remaining coins are counted in `skipped`.
+
+        Raises:
+            ApiKeyRejectedError: the key is wrong, or sent to the wrong host.
         """
         total = FetchResult()
-        for batch in batches(coins):
-            part = await self._fetch_batch(batch, vs_currency)
+        pending = list(batches(coins, self._max_ids_chars(vs_currency)))
+        while pending:
+            batch = pending.pop(0)
+            try:
+                part = await self._fetch_batch(batch, vs_currency, deadline, total)
+            except CallDeferredError as exc:
+                total.skipped = batch + [coin for rest in pending for coin in rest]
+                total.wait_s = round(exc.wait_s, 3)
+                break
+            except UpstreamError as exc:
+                total.failed += batch
+                self._log_failure(exc, len(batch))
+                continue
             total.quotes += part.quotes
             total.missing += part.missing
             total.rejected |= part.rejected
-            total.attempts += part.attempts
 
         return total
 
-    async def _fetch_batch(self, coins: list[str], vs_currency: str) -> FetchResult:
-        attempts = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.attempts),
-            wait=wait_exponential_jitter(initial=1, max=30),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
+    def _max_ids_chars(self, vs_currency: str) -> int:
+        fixed = f"{self._settings.root_url}/simple/price?" + urlencode(
+            self._price_params("", vs_currency)
         )
-        async for attempt in retrying:
-            with attempt:
-                attempts += 1
-                body, fetched_at = await self._get_simple_price(coins, vs_currency)
+        return max(64, self._settings.max_url_chars - len(fixed))
 
-        result = parse_simple_price(body, coins, vs_currency, fetched_at)
-        result.attempts = attempts
-        return result
-
-    async def _get_simple_price(
-        self, coins: list[str], vs_currency: str
-    ) -> tuple[Any, datetime]:
-        params = {
-            "ids": ",".join(coins),
+    @staticmethod
+    def _price_params(ids: str, vs_currency: str) -> dict[str, str]:
+        return {
+            "ids": ids,
             "vs_currencies": vs_currency,
             "include_market_cap": "true",
             "include_24hr_change": "true",
             "include_last_updated_at": "true",
         }
-        url = f"{self._settings.base_url.rstrip('/')}/simple/price"
+
+    async def _fetch_batch(
+        self,
+        coins: list[str],
+        vs_currency: str,
+        deadline: float | None,
+        total: FetchResult,
+    ) -> FetchResult:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.attempts),
+            wait=self._wait_before_retry,
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        params = self._price_params(",".join(coins), vs_currency)
+        async for attempt in retrying:
+            with attempt:
+                await self.budget.acquire(deadline)
+                total.attempts += 1
+                try:
+                    body, fetched_at = await self._get("/simple/price", params)
+                except UpstreamRateLimitedError as exc:
+                    self._note_rate_limit(exc)
+                    raise
+
+        return parse_simple_price(body, coins, vs_currency, fetched_at)
+
+    def _wait_before_retry(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, UpstreamRateLimitedError) and exc.retry_after_s:
+            # The budget holds the next call back; waiting here too would
+            # wait twice and would not respect the deadline.
+            return 0.0
+
+        return float(self._backoff(state))
+
+    def _note_rate_limit(self, exc: UpstreamRateLimitedError) -> None:
+        if exc.retry_after_s is not None:
+            self.budget.defer(exc.retry_after_s)
+        log.warning(
+            "rate_limited",
+            retry_after_s=exc.retry_after_s,
+            wait_s=round(self.budget.wait_s(), 3),
+            snippet=exc.snippet,
+        )
+
+    def _log_failure(self, exc: UpstreamError, coins: int) -> None:
+        if isinstance(exc, UpstreamStatusError):
+            log.warning(
+                "fetch_failed", coins=coins, status=exc.status, snippet=exc.snippet
+            )
+        else:
+            log.warning("fetch_failed", coins=coins, error=str(exc))
+
+    async def _get(self, path: str, params: dict[str, str]) -> tuple[Any, datetime]:
+        answer = await self._request(path, params)
+        fetched_at = datetime.now(UTC)
+
+        return self._json_body(answer, fetched_at), fetched_at
+
+    async def _request(self, path: str, params: dict[str, str]) -> _Answer:
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout_s)
         try:
             async with self._session.get(
-                url, params=params, headers=self._headers(), timeout=timeout
+                self._settings.root_url + path,
+                params=params,
+                headers=self._headers(),
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 text = await response.text(errors="replace")
-                fetched_at = datetime.now(UTC)
-                return _json_body(response, text), fetched_at
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UpstreamUnreachableError(type(exc).__name__) from exc
+                return _Answer(
+                    response.status, response.content_type, response.headers, text
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnreachableError(type(exc).__name__) from None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"accept": "application/json"}
+        if self._settings.key_header:
+            headers[self._settings.key_header] = self._settings.api_key
+
+        return headers
+
+    def _json_body(self, answer: _Answer, now: datetime) -> Any:
+        is_json = answer.content_type == "application/json"
+        snippet = safe_snippet(answer.text, self._settings.api_key, html=not is_json)
+        self._check_key(answer, snippet)
+        if answer.status == 429:
+            wait_s = retry_after_s(answer.headers.get("retry-after"), now)
+            raise UpstreamRateLimitedError(snippet, wait_s)
+        if answer.status != 200 or not is_json:
+            raise UpstreamStatusError(answer.status, snippet)
+
+        # NaN and Infinity parse as floats here and are rejected per coin.
+        try:
+            return json.loads(answer.text)
+        except ValueError:
+            raise UpstreamStatusError(answer.status, snippet) from None
+
+    def _check_key(self, answer: _Answer, snippet: str) -> None:
+        code = _error_code(answer.text) if answer.status in (400, 401) else None
+        if answer.status == 401 or code in (
+            PRO_KEY_ON_PUBLIC_HOST,
+            DEMO_KEY_ON_PRO_HOST,
+        ):
+            raise ApiKeyRejectedError(
+                self._settings.plan.value, self.host, answer.status, _advice(code)
+            )
 
 
-def _json_body(response: aiohttp.ClientResponse, text: str) -> Any:
-    snippet = " ".join(text[:SNIPPET_CHARS].split())
-    if response.status != 200 or response.content_type != "application/json":
-        raise UpstreamStatusError(response.status, snippet)
-
-    # NaN and Infinity parse as floats here and are rejected per coin.
+def _error_code(text: str) -> int | None:
     try:
-        return json.loads(text)
+        body = json.loads(text)
     except ValueError:
-        raise UpstreamStatusError(response.status, snippet) from None
+        return None
+    status = body.get("status") if isinstance(body, dict) else None
+    code = status.get("error_code") if isinstance(status, dict) else None
+
+    return code if isinstance(code, int) else None
+
+
+def _advice(code: int | None) -> str:
+    if code == PRO_KEY_ON_PUBLIC_HOST:
+        return (
+            f"this is a pro key: set coingecko.plan = {Plan.PRO.value!r}"
+            " and leave base_url empty (host pro-api.coingecko.com)"
+        )
+    if code == DEMO_KEY_ON_PRO_HOST:
+        return (
+            f"this is a demo key: set coingecko.plan = {Plan.DEMO.value!r}"
+            " and leave base_url empty (host api.coingecko.com)"
+        )
+
+    return (
+        "check COINGECKO_API_KEY; a demo key needs plan 'demo' (host"
+        " api.coingecko.com), a pro key plan 'pro' (host pro-api.coingecko.com)"
+    )

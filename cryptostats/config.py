@@ -6,6 +6,7 @@ defaults below and that file must agree (a test checks it).
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import tomllib
@@ -14,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cryptostats.errors import ConfigError
 
@@ -55,6 +63,10 @@ class ScheduleSettings(_Section):
 class CoinSettings(_Section):
     ids: tuple[str, ...] = ("bitcoin", "ethereum", "polygon-ecosystem-token")
     vs_currency: str = "usd"
+    # Former id -> the id CoinGecko uses now.
+    aliases: dict[str, str] = Field(
+        default_factory=lambda: {"matic-network": "polygon-ecosystem-token"}
+    )
 
     @field_validator("ids")
     @classmethod
@@ -62,16 +74,92 @@ class CoinSettings(_Section):
         if not ids:
             raise ValueError("at least one coin id is required")
         for coin in ids:
-            if not COIN_RE.fullmatch(coin):
-                raise ValueError(f"coin id must match {COIN_PATTERN}: {coin!r}")
+            _check_coin(coin)
         return tuple(dict.fromkeys(ids))
+
+    @field_validator("aliases")
+    @classmethod
+    def _valid_aliases(cls, aliases: dict[str, str]) -> dict[str, str]:
+        for old, new in aliases.items():
+            _check_coin(old)
+            _check_coin(new)
+            if new in aliases:
+                raise ValueError(f"alias target {new!r} is itself an alias")
+        return aliases
+
+    def canonical(self, coin: str) -> str:
+        """The id CoinGecko uses now for `coin` (itself unless an alias)."""
+        return self.aliases.get(coin, coin)
+
+    @property
+    def tracked(self) -> tuple[str, ...]:
+        """The canonical ids of `ids`, in order, without duplicates."""
+        return tuple(dict.fromkeys(self.canonical(coin) for coin in self.ids))
+
+
+def _check_coin(coin: str) -> None:
+    if not COIN_RE.fullmatch(coin):
+        raise ValueError(f"coin id must match {COIN_PATTERN}: {coin!r}")
+
+
+class Plan(enum.StrEnum):
+    """A CoinGecko API plan: which host and which key header it uses."""
+
+    PUBLIC = "public"
+    DEMO = "demo"
+    PRO = "pro"
+
+
+PUBLIC_ROOT = "https://api.coingecko.com/api/v3"
+PRO_ROOT = "https://pro-api.coingecko.com/api/v3"
+PLAN_ROOTS = {Plan.PUBLIC: PUBLIC_ROOT, Plan.DEMO: PUBLIC_ROOT, Plan.PRO: PRO_ROOT}
+PLAN_KEY_HEADERS = {Plan.DEMO: "x-cg-demo-api-key", Plan.PRO: "x-cg-pro-api-key"}
+# Calls per minute each plan allows (the public one varies; 5 is its floor).
+PLAN_CALLS_PER_MINUTE = {Plan.PUBLIC: 5, Plan.DEMO: 30, Plan.PRO: 500}
 
 
 class CoinGeckoSettings(_Section):
-    base_url: str = "https://api.coingecko.com/api/v3"
+    plan: Plan = Plan.PUBLIC
+    # Empty: the plan's host.
+    base_url: str = ""
     api_key: str = Field(default="", repr=False)
     timeout_s: float = Field(default=10.0, gt=0)
     attempts: int = Field(default=3, ge=1, le=10)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    # 0: the plan's limit (PLAN_CALLS_PER_MINUTE).
+    calls_per_minute: float = Field(default=0, ge=0)
+    max_url_chars: int = Field(default=4000, ge=256, le=65536)
+
+    @model_validator(mode="after")
+    def _key_fits_plan(self) -> CoinGeckoSettings:
+        # The messages name the setting, never its value.
+        if self.plan is Plan.PUBLIC and self.api_key:
+            raise ValueError(
+                "an API key is set but coingecko.plan is 'public':"
+                " set plan to 'demo' or 'pro'"
+            )
+        if self.plan is not Plan.PUBLIC and not self.api_key:
+            raise ValueError(
+                f"coingecko.plan {self.plan.value!r} needs an API key"
+                " (COINGECKO_API_KEY or coingecko.api_key)"
+            )
+        return self
+
+    @property
+    def root_url(self) -> str:
+        """The API root calls go to: `base_url`, else the plan's host."""
+        return (self.base_url or PLAN_ROOTS[self.plan]).rstrip("/")
+
+    @property
+    def key_header(self) -> str | None:
+        """The header that carries the key on this plan; None on public."""
+        return PLAN_KEY_HEADERS.get(self.plan)
+
+    @property
+    def call_budget(self) -> float:
+        """Calls allowed per minute: the setting, else the plan's limit."""
+        return self.calls_per_minute or PLAN_CALLS_PER_MINUTE[self.plan]
 
 
 class NatsSettings(_Section):
@@ -117,6 +205,7 @@ class Settings(_Section):
 ENVIRONMENT = {
     "MONGO_URI": ("mongo", "uri"),
     "NATS_URL": ("nats", "url"),
+    "COINGECKO_PLAN": ("coingecko", "plan"),
     "COINGECKO_API_KEY": ("coingecko", "api_key"),
     "COINGECKO_BASE_URL": ("coingecko", "base_url"),
 }

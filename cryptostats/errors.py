@@ -11,6 +11,23 @@ class ConfigError(CryptostatsError, ValueError):
     """The configuration file, an environment variable or a flag is invalid."""
 
 
+class ApiKeyRejectedError(ConfigError):
+    """CoinGecko refused the API key: a wrong key, or the wrong plan or host.
+
+    The message says which plan and host to use; it never holds the key.
+    """
+
+    def __init__(self, plan: str, host: str, status: int, advice: str) -> None:
+        super().__init__(
+            f"coingecko rejected the api key (http {status}, plan {plan!r},"
+            f" host {host}): {advice}"
+        )
+        self.plan = plan
+        self.host = host
+        self.status = status
+        self.advice = advice
+
+
 class EmbeddedServerError(CryptostatsError, RuntimeError):
     """An embedded server (nats-server or SecantusDB) could not be started."""
 
@@ -65,3 +82,19 @@ class UpstreamUnreachableError(UpstreamError, ConnectionError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"coingecko unreachable: {reason}")
         self.reason = reason
+
+
+class UpstreamRateLimitedError(UpstreamStatusError):
+    """CoinGecko answered 429; `retry_after_s` is its Retry-After, if any."""
+
+    def __init__(self, snippet: str, retry_after_s: float | None) -> None:
+        super().__init__(429, snippet)
+        self.retry_after_s = retry_after_s
+
+
+class CallDeferredError(UpstreamError):
+    """The next call must wait past the deadline it was given (a 429's wait)."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"next coingecko call must wait {wait_s:.1f}s")
+        self.wait_s = wait_s

@@ -35,7 +35,7 @@ from cryptostats.actors.publisher import Publisher
 from cryptostats.actors.store import Store
 from cryptostats.actors.ticker import Ticker
 from cryptostats.config import ACTOR_NAMES, Settings, load_settings
-from cryptostats.errors import CryptostatsError
+from cryptostats.errors import ConfigError, CryptostatsError
 from cryptostats.logs import configure_logging
 from cryptostats.supervisor import Actor, Supervisor
 
@@ -127,7 +127,8 @@ async def run_service(settings: Settings, started: float) -> int:
     """Start what `settings` asks for, run it until a signal, stop it all.
 
     Returns:
-        The process exit code: 0 after a clean stop.
+        The process exit code: 0 after a clean stop, EXIT_CONFIG when an
+        actor found the configuration unusable (a rejected API key).
     """
     try:
         async with AsyncExitStack() as stack:
@@ -136,10 +137,13 @@ async def run_service(settings: Settings, started: float) -> int:
             stack.push_async_callback(_drain, client)
             return await supervise(settings, client, started)
     except (CryptostatsError, ExceptionGroup) as exc:
-        for error in _leaves(exc):
+        leaves = _leaves(exc)
+        for error in leaves:
             log.error(
                 "service_failed", error=str(error), error_type=type(error).__name__
             )
+        if any(isinstance(error, ConfigError) for error in leaves):
+            return EXIT_CONFIG
         return EXIT_CRASHED
 
 
@@ -271,10 +275,10 @@ async def supervise(settings: Settings, client: NatsClient, started: float) -> i
 async def _run_then_cancel(
     supervisor: Supervisor, group: TaskGroup, *, task_status: anyio.abc.TaskStatus[None]
 ) -> None:
-    try:
-        await supervisor.run(task_status=task_status)
-    finally:
-        group.cancel_scope.cancel()
+    # Cancelling on a failure too would swallow the failure of an actor that
+    # stops before it is ready (a rejected API key): the error must surface.
+    await supervisor.run(task_status=task_status)
+    group.cancel_scope.cancel()
 
 
 async def _stop_on_signal(supervisor: Supervisor) -> None:

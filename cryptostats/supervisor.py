@@ -3,6 +3,7 @@
 An actor is restarted with exponential backoff; more crashes than the restart
 budget within the budget window stop the whole process with an error naming
 the actor and the cause, so that a half-alive service never goes unnoticed.
+A configuration error stops the process at once: no restart can fix it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from cryptostats.config import SupervisorSettings
-from cryptostats.errors import ActorBudgetExceededError
+from cryptostats.errors import ActorBudgetExceededError, ConfigError
 
 log = structlog.get_logger("cryptostats.supervisor")
 
@@ -126,6 +127,15 @@ class Supervisor:
                 await slot.actor.run(task_status=ready)
                 return
             except Exception as exc:
+                fatal = _config_error(exc)
+                if fatal is not None:
+                    slot.state = ActorState.FAILED
+                    log.error(
+                        "actor_misconfigured", actor=slot.actor.name, error=str(fatal)
+                    )
+                    if fatal is exc:
+                        raise
+                    raise fatal from exc
                 log.exception("actor_crashed", actor=slot.actor.name)
                 await self._before_restart(slot, exc)
 
@@ -160,3 +170,16 @@ class Supervisor:
             cause=repr(exc),
         )
         await anyio.sleep(delay_s)
+
+
+def _config_error(exc: BaseException) -> ConfigError | None:
+    """The configuration error in `exc`, if any: restarting cannot fix it."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _config_error(inner)
+            if found is not None:
+                return found
+
+    return None

@@ -84,7 +84,14 @@ def make_settings(
     values: dict[str, dict[str, Any]] = {
         "nats": {"url": nats_url, "request_timeout_s": 2.0},
         "mongo": {"uri": mongo_uri, "database": f"test_{uuid.uuid4().hex[:12]}"},
-        "coingecko": {"base_url": base_url, "timeout_s": 5.0, "attempts": 1},
+        "coingecko": {
+            "base_url": base_url,
+            "timeout_s": 5.0,
+            "attempts": 1,
+            "calls_per_minute": 60_000,
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+        },
         "coins": {"ids": ["bitcoin", "ethereum"]},
         "http": {"port": embedded.free_port()},
         "schedule": {"cron": "0 0 1 1 *", "tick_at_start": False},

@@ -29,6 +29,7 @@ def test_environment_variables_override_the_file() -> None:
     environ = {
         "MONGO_URI": "mongodb://db.example:27017",
         "NATS_URL": "nats://bus.example:4222",
+        "COINGECKO_PLAN": "demo",
         "COINGECKO_API_KEY": "secret",
         "COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3",
     }
@@ -37,6 +38,7 @@ def test_environment_variables_override_the_file() -> None:
 
     assert settings.mongo.uri == "mongodb://db.example:27017"
     assert settings.nats.url == "nats://bus.example:4222"
+    assert settings.coingecko.plan == "demo"
     assert settings.coingecko.api_key == "secret"
     assert settings.coingecko.base_url == "http://127.0.0.1:9/api/v3"
     assert "secret" not in repr(settings)

@@ -46,6 +46,11 @@ cron = "{schedule}"
 
 [http]
 port = {port}
+
+[coingecko]
+# The local stand-in has no rate limit; the public plan's would space
+# calls 12 s apart.
+calls_per_minute = 6000
 """
     )
     return path

@@ -134,7 +134,7 @@ class HttpApi:
         self._nats = context.nats
         self._settings = context.settings
         self._states = context.states
-        self._tracked = frozenset(context.settings.coins.ids)
+        self._tracked = frozenset(context.settings.coins.tracked)
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
@@ -194,6 +194,9 @@ class HttpApi:
         return json_response({"status": "ok", "actors": self._states()})
 
     async def _latest(self, coin: str, prices: int) -> dict[str, Any]:
+        # A former id answers for the current one; "coin" in the answer
+        # holds the current id.
+        coin = self._settings.coins.canonical(coin)
         if coin not in self._tracked:
             raise ApiError(404, "coin_not_tracked", f"coin {coin!r} is not tracked")
 
