@@ -17,10 +17,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from cryptostats import subjects
+from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.coingecko import CoinGeckoClient, FetchResult
-from cryptostats.errors import UpstreamError
+from cryptostats.errors import UpstreamError, UpstreamStatusError
 from cryptostats.messages import Quote, encode_quotes, loads
 
 log = structlog.get_logger("cryptostats.fetcher", actor="fetcher")
@@ -67,12 +67,14 @@ class Fetcher:
                 self._settings.coins.ids, self._settings.coins.vs_currency
             )
         except UpstreamError as exc:
+            metrics.UPSTREAM_ERRORS.labels(kind=upstream_error_kind(exc)).inc()
             log.warning("fetch_failed", tick_id=tick_id, error=str(exc))
             return
         finally:
             self._busy = False
 
         _log_dropped(result)
+        _count_fetched(result)
         published = await self._hand_on(result.quotes, tick_id)
         log.info(
             "quotes_fetched",
@@ -119,6 +121,26 @@ def _tick_id(data: bytes) -> str:
         return str(loads(data).get("tickId", "?"))
     except (ValueError, AttributeError):
         return "?"
+
+
+def upstream_error_kind(exc: UpstreamError) -> str:
+    """A short label for a failed fetch: rate_limited, server_error, ..."""
+    if not isinstance(exc, UpstreamStatusError):
+        return "unreachable"
+    if exc.status == 429:
+        return "rate_limited"
+    if exc.status >= 500:
+        return "server_error"
+
+    return "bad_answer"
+
+
+def _count_fetched(result: FetchResult) -> None:
+    metrics.QUOTES_FETCHED.inc(len(result.quotes))
+    if result.missing:
+        metrics.QUOTES_REJECTED.labels(reason="missing").inc(len(result.missing))
+    if result.rejected:
+        metrics.QUOTES_REJECTED.labels(reason="invalid").inc(len(result.rejected))
 
 
 def _log_dropped(result: FetchResult) -> None:
