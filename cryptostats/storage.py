@@ -163,7 +163,8 @@ class QuoteStore:
         page = HistoryPage()
         upper, span_s = query.before, max(query.span_s, MIN_WINDOW_S)
         while len(page.quotes) < query.limit and upper > HISTORY_START:
-            lower = max(upper - timedelta(seconds=span_s), HISTORY_START)
+            span_s = min(span_s, (upper - HISTORY_START).total_seconds())
+            lower = upper - timedelta(seconds=span_s)
             wanted = query.limit - len(page.quotes)
             found = await self._window(query, lower, upper, wanted)
             page.quotes += found

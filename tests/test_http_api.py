@@ -116,6 +116,22 @@ async def test_history_crosses_a_long_gap_and_stops_at_the_start(
         assert body["nextBefore"] is None
 
 
+async def test_history_before_a_far_future_time_starts_at_the_latest_quote(
+    api_settings: Settings,
+) -> None:
+    await seed(api_settings, [quote_at(T0 + i * TICK, 1.0 + i) for i in range(3)])
+    url = "/history?coin=bitcoin&limit=2&before=9999-12-31T00:00:00Z"
+
+    async with run_actors(api_settings) as api:
+        with structlog.testing.capture_logs() as events:
+            status, body = await get_json(api.http_url + url)
+
+    reads = [e for e in events if e["event"] == "history_read"]
+    assert status == 200
+    assert [q["price"] for q in body["quotes"]] == [3.0, 2.0]
+    assert reads[0]["windows"] == 1
+
+
 async def test_history_of_a_coin_with_no_quotes_is_an_empty_page(
     api_settings: Settings,
 ) -> None:

@@ -126,6 +126,10 @@ class Store:
                         "message": "database unavailable",
                     }
                 }
+            except Exception:
+                # A query must never take the Store, and its writes, down.
+                log.exception("query_crashed", subject=msg.subject)
+                reply = {"error": {"code": "internal_error", "message": "query failed"}}
             await msg.respond(dumps(reply))
 
 

@@ -67,7 +67,8 @@ async def history(
 ) -> dict[str, Any]:
     """`{"coin", "limit", "before"}` -> up to `limit` quotes, newest first.
 
-    Without `before`, the page starts at the coin's latest quote.
+    The page starts at `before` or just after the coin's latest quote,
+    whichever is earlier.
     """
     coin, limit = _coin(query), query.get("limit")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
@@ -132,14 +133,16 @@ def _coin(query: dict[str, Any]) -> str:
 
 
 async def _history_start(before: Any, coin: str, store: QuoteStore) -> datetime | None:
-    if before is not None:
-        if not isinstance(before, str):
-            raise ValueError("'before' must be an ISO 8601 time")
-        return from_iso(before)
+    if before is not None and not isinstance(before, str):
+        raise ValueError("'before' must be an ISO 8601 time")
 
+    # Nothing is newer than the latest quote: start there, not at `before`.
     document = await store.latest(coin)
+    if document is None:
+        return None
+    newest = document["observed_at"] + ONE_MS
 
-    return None if document is None else document["observed_at"] + ONE_MS
+    return newest if before is None else min(newest, from_iso(before))
 
 
 def _quote_json(document: dict[str, Any], prices: int) -> dict[str, Any]:
