@@ -11,6 +11,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// Text with `backticked` spans shown as code, never parsed as HTML.
+function inline(text) {
+  const span = document.createElement("span");
+  String(text || "").split("`").forEach((part, index) => {
+    span.append(index % 2 ? el("code", {}, part) : part);
+  });
+  return span;
+}
+
 function resolve(doc, schema) {
   if (schema && schema.$ref) {
     const path = schema.$ref.replace(/^#\//, "").split("/");
@@ -36,7 +45,7 @@ function parameterTable(parameters) {
     el("tr", {},
       el("td", {}, el("code", {}, p.name), p.required ? " (required)" : ""),
       el("td", {}, typeOf(p.schema || {})),
-      el("td", {}, p.description || "")));
+      el("td", {}, inline(p.description))));
   return el("table", {},
     el("thead", {}, el("tr", {}, el("th", {}, "parameter"), el("th", {}, "type"), el("th", {}, "meaning"))),
     el("tbody", {}, ...rows));
@@ -56,7 +65,7 @@ function responseBlock(doc, status, response) {
   }
   return el("div", {},
     el("p", {}, el("span", { class: "status" }, status), " ",
-      response.description || "", media ? ` (${media})` : ""),
+      inline(response.description), media ? ` (${media})` : ""),
     ...body);
 }
 
@@ -87,8 +96,8 @@ function operationSection(doc, path, operation) {
     ([status, response]) => responseBlock(doc, status, resolve(doc, response)));
   return el("section", { class: "op", id: operation.operationId },
     el("h2", {}, el("span", { class: "method" }, "GET"), el("code", {}, path)),
-    el("p", {}, operation.summary || ""),
-    operation.description ? el("p", {}, operation.description) : null,
+    el("p", {}, inline(operation.summary)),
+    operation.description ? el("p", {}, inline(operation.description)) : null,
     el("h3", {}, "Parameters"), parameterTable(parameters),
     el("h3", {}, "Try it"), tryForm(path, parameters),
     el("h3", {}, "Responses"), ...responses);
@@ -99,7 +108,7 @@ async function render() {
   try {
     const doc = await (await fetch("/openapi.json")).json();
     document.getElementById("title").textContent = `${doc.info.title} ${doc.info.version}`;
-    document.getElementById("description").textContent = doc.info.description || "";
+    document.getElementById("description").replaceChildren(inline(doc.info.description));
     const toc = document.getElementById("toc");
     main.replaceChildren();
     for (const [path, item] of Object.entries(doc.paths)) {
