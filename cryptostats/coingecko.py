@@ -32,6 +32,7 @@ from tenacity import (
     wait_random,
 )
 
+from cryptostats import metrics
 from cryptostats.config import CoinGeckoSettings, Plan
 from cryptostats.errors import (
     ApiKeyRejectedError,
@@ -255,6 +256,18 @@ def _observed_at(coin: str, value: Any, fetched_at: datetime) -> datetime:
     return moment
 
 
+def upstream_error_kind(exc: UpstreamError) -> str:
+    """A short label for a failed call: rate_limited, server_error, ..."""
+    if not isinstance(exc, UpstreamStatusError):
+        return "unreachable"
+    if exc.status == 429:
+        return "rate_limited"
+    if exc.status >= 500:
+        return "server_error"
+
+    return "bad_answer"
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, UpstreamStatusError):
         return exc.transient
@@ -411,6 +424,7 @@ class CoinGeckoClient:
         )
 
     def _log_failure(self, exc: UpstreamError, coins: int) -> None:
+        metrics.UPSTREAM_ERRORS.labels(kind=upstream_error_kind(exc)).inc()
         if isinstance(exc, UpstreamStatusError):
             log.warning(
                 "fetch_failed", coins=coins, status=exc.status, snippet=exc.snippet

@@ -27,7 +27,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from cryptostats import embedded
+from cryptostats import embedded, metrics
 from cryptostats.actors import ActorContext
 from cryptostats.actors.fetcher import Fetcher
 from cryptostats.actors.http_api import HttpApi
@@ -199,6 +199,7 @@ async def connect_nats(url: str) -> NatsClient:
         log.warning("nats_disconnected")
 
     async def on_reconnected() -> None:
+        metrics.NATS_RECONNECTS.inc()
         log.info("nats_reconnected")
 
     retrying = AsyncRetrying(

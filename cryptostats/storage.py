@@ -3,21 +3,33 @@
 `quotes` holds one document per (coin, vs currency, observed time), made
 unique by an index, so a redelivered quote is never stored twice. `latest`
 holds, per coin, the newest quote and a bounded list of its recent prices;
-it changes only for a newer quote, and answers every read of the API with a
-single point read whose cost does not grow with history.
+it changes only for a newer quote, and answers `/stats` and `/deviation`
+with a single point read whose cost does not grow with history.
+
+History is read newest first in time windows that each match about as many
+quotes as are still wanted: SecantusDB sorts every document a filter
+matches in memory before applying a limit, so an unbounded "newest N"
+would cost as much as the whole history of the coin.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from cryptostats.messages import Quote
 
 DUPLICATE_KEY = 11000
+# No coin had a price before bitcoin's first block: history reads stop here.
+HISTORY_START = datetime(2009, 1, 3, tzinfo=UTC)
+# A window grows at most this much from one read to the next.
+MAX_WINDOW_GROWTH = 8.0
+MIN_WINDOW_S = 1.0
 
 
 def connect(uri: str, timeout_s: float = 5.0) -> AsyncMongoClient[dict[str, Any]]:
@@ -38,6 +50,7 @@ class QuoteStore:
     def __init__(
         self, database: AsyncDatabase[dict[str, Any]], recent_prices: int
     ) -> None:
+        self._database = database
         self._quotes = database["quotes"]
         self._latest = database["latest"]
         self._recent_prices = recent_prices
@@ -120,3 +133,97 @@ class QuoteStore:
     async def latest(self, coin: str) -> dict[str, Any] | None:
         """The `latest` document of `coin`, or None before its first quote."""
         return await self._latest.find_one({"_id": coin})
+
+    async def latest_times(self, coins: list[str]) -> dict[str, datetime]:
+        """The observed time of each coin's latest quote; absent when none."""
+        cursor = self._latest.find(
+            {"_id": {"$in": coins}}, projection={"observed_at": True}
+        )
+
+        return {doc["_id"]: doc["observed_at"] async for doc in cursor}
+
+    async def ping(self) -> None:
+        """Return once the database answers.
+
+        Raises:
+            pymongo.errors.PyMongoError: it does not.
+        """
+        await self._database.command("ping")
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        """Quotes of a coin observed before `query.before`, newest first.
+
+        Reads consecutive time windows back from `query.before`, each sized
+        from the density the previous ones showed, until `query.limit`
+        quotes are found or HISTORY_START is reached.
+
+        Raises:
+            pymongo.errors.PyMongoError: the database failed.
+        """
+        page = HistoryPage()
+        upper, span_s = query.before, max(query.span_s, MIN_WINDOW_S)
+        while len(page.quotes) < query.limit and upper > HISTORY_START:
+            span_s = min(span_s, (upper - HISTORY_START).total_seconds())
+            lower = upper - timedelta(seconds=span_s)
+            wanted = query.limit - len(page.quotes)
+            found = await self._window(query, lower, upper, wanted)
+            page.quotes += found
+            page.windows += 1
+            span_s = next_span_s(span_s, len(found), wanted - len(found))
+            upper = lower
+
+        return page
+
+    async def _window(
+        self, query: HistoryQuery, lower: datetime, upper: datetime, limit: int
+    ) -> list[dict[str, Any]]:
+        cursor = (
+            self._quotes.find(
+                {
+                    "coin": query.coin,
+                    "vs_currency": query.vs_currency,
+                    "observed_at": {"$gte": lower, "$lt": upper},
+                },
+                projection={"_id": False},
+            )
+            .sort("observed_at", DESCENDING)
+            .limit(limit)
+        )
+
+        return [doc async for doc in cursor]
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """One page of history: `limit` quotes of a coin observed before `before`.
+
+    `span_s` is the first window's length: about `limit` ticks.
+    """
+
+    coin: str
+    vs_currency: str
+    before: datetime
+    limit: int
+    span_s: float
+
+
+@dataclass
+class HistoryPage:
+    """The quotes found, newest first, and how many windows were read."""
+
+    quotes: list[dict[str, Any]] = field(default_factory=list)
+    windows: int = 0
+
+
+def next_span_s(span_s: float, found: int, still_wanted: int) -> float:
+    """The length of the next window, from what the last one held.
+
+    A window that held `found` quotes in `span_s` seconds suggests how long
+    the next must be to hold `still_wanted` more; growth is bounded so that
+    a sparse stretch never makes one read match the whole history.
+    """
+    if found == 0:
+        return span_s * MAX_WINDOW_GROWTH
+    estimate = span_s * still_wanted / found * 1.25
+
+    return max(MIN_WINDOW_S, min(estimate, span_s * MAX_WINDOW_GROWTH))

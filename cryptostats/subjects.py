@@ -26,8 +26,17 @@ STORE_CONSUMER = "cryptostats-store"
 # Store -> anyone: a notice after a newer quote became a coin's latest.
 STORED_PREFIX = f"{PREFIX}.stored"
 
-# HttpApi -> Store: read the latest quote and recent prices of a coin.
-QUERY_LATEST = f"{PREFIX}.query.latest"
+# HttpApi -> Store (request/reply): every query the Store answers.
+QUERY_PREFIX = f"{PREFIX}.query"
+QUERY_WILDCARD = f"{QUERY_PREFIX}.>"
+# The latest quote and recent prices of a coin.
+QUERY_LATEST = f"{QUERY_PREFIX}.latest"
+# A page of a coin's stored quotes, newest first, before a time.
+QUERY_HISTORY = f"{QUERY_PREFIX}.history"
+# The observed time of each listed coin's latest quote.
+QUERY_COINS = f"{QUERY_PREFIX}.coins"
+# Whether a Store answers and its database with it (readiness checks).
+QUERY_PING = f"{QUERY_PREFIX}.ping"
 STORE_QUEUE = "cryptostats-store"
 
 

@@ -19,6 +19,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from cryptostats import metrics
 from cryptostats.config import SupervisorSettings
 from cryptostats.errors import ActorBudgetExceededError, ConfigError
 
@@ -162,6 +163,7 @@ class Supervisor:
         )
         slot.state = ActorState.RESTARTING
         slot.restarts += 1
+        metrics.ACTOR_RESTARTS.labels(actor=slot.actor.name).inc()
         log.warning(
             "actor_restarting",
             actor=slot.actor.name,

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from cryptostats import subjects
+from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.ticker import next_tick
 from cryptostats.coingecko import CoinGeckoClient, FetchResult
@@ -95,6 +95,7 @@ class Fetcher:
 
         fresh = self._fresh(result.quotes)
         _log_dropped(result, tick_id)
+        _count_fetched(result)
         published = await self._hand_on(fresh, tick_id)
         if published:
             self._handed_on.update((q.coin, q.observed_at) for q in fresh)
@@ -159,6 +160,14 @@ def _tick_fields(data: bytes) -> tuple[str, datetime | None]:
         return tick_id, from_iso(str(tick["scheduledAt"]))
     except (KeyError, ValueError):
         return tick_id, None
+
+
+def _count_fetched(result: FetchResult) -> None:
+    metrics.QUOTES_FETCHED.inc(len(result.quotes))
+    if result.missing:
+        metrics.QUOTES_REJECTED.labels(reason="missing").inc(len(result.missing))
+    if result.rejected:
+        metrics.QUOTES_REJECTED.labels(reason="invalid").inc(len(result.rejected))
 
 
 def _log_dropped(result: FetchResult, tick_id: str) -> None:

@@ -1,14 +1,15 @@
 """HttpApi: the REST contract. Learns everything from the Store over NATS.
 
 Every error is a JSON body `{"error": {"code", "message"}}`; bad input is a
-4xx and never a 500; no response holds NaN or Infinity.
+4xx and never a 500; no response holds NaN or Infinity. Validation, errors,
+observability and the OpenAPI document live in `cryptostats.web`.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -18,111 +19,27 @@ from anyio.abc import TaskStatus
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from cryptostats import subjects
+from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext
-from cryptostats.config import COIN_RE
-from cryptostats.messages import dumps, loads
+from cryptostats.messages import dumps, from_iso, loads, to_iso
+from cryptostats.web import docs
+from cryptostats.web.caching import cache_headers, not_modified
+from cryptostats.web.errors import ApiError, errors_as_json, json_response
+from cryptostats.web.observe import observe, protocol_logger
+from cryptostats.web.openapi import openapi_document
+from cryptostats.web.params import (
+    parse_before,
+    parse_coin,
+    parse_limit,
+    parse_window,
+)
 
 log = structlog.get_logger("cryptostats.http_api", actor="http_api")
 
-DEFAULT_WINDOW = 10
-MIN_WINDOW = 2
-MAX_WINDOW = 1000
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable code and a message for people."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    """A JSON response; NaN and Infinity can never be written."""
-    return web.Response(
-        body=dumps(body), status=status, content_type="application/json"
-    )
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """The JSON error body every failure uses."""
-    return json_response({"error": {"code": code, "message": message}}, status)
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure, ours or aiohttp's, into a JSON error body."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        return error_response(
-            exc.status, code, f"{exc.reason}: {request.method} {request.path}"
-        )
-    except Exception:
-        log.exception("request_failed", path=request.path)
-        return error_response(500, "internal_error", "internal error")
-
-
-def single_param(request: web.Request, name: str) -> str | None:
-    """The one value of query parameter `name`, or None when absent.
-
-    Raises:
-        ApiError: the parameter is repeated.
-    """
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise ApiError(
-            400, "repeated_parameter", f"parameter {name!r} given {len(values)} times"
-        )
-
-    return values[0] if values else None
-
-
-def parse_coin(request: web.Request) -> str:
-    """The validated `coin` parameter.
-
-    Raises:
-        ApiError: missing, repeated or not a coin id.
-    """
-    coin = single_param(request, "coin")
-    if coin is None or coin == "":
-        raise ApiError(400, "missing_coin", "query parameter 'coin' is required")
-    if not COIN_RE.fullmatch(coin):
-        raise ApiError(
-            400, "invalid_coin", "'coin' must be 1-64 characters of a-z, 0-9 and '-'"
-        )
-
-    return coin
-
-
-def parse_window(request: web.Request) -> int:
-    """The validated `window` parameter, DEFAULT_WINDOW when absent.
-
-    Raises:
-        ApiError: repeated, not an integer, or outside MIN..MAX_WINDOW.
-    """
-    text = single_param(request, "window")
-    if text is None:
-        return DEFAULT_WINDOW
-
-    message = f"'window' must be an integer from {MIN_WINDOW} to {MAX_WINDOW}"
-    if not (text.isascii() and text.isdigit()) or len(text) > 6:
-        raise ApiError(400, "invalid_window", message)
-    window = int(text)
-    if not MIN_WINDOW <= window <= MAX_WINDOW:
-        raise ApiError(400, "invalid_window", message)
-
-    return window
+# aiohttp's own limit is 8190 bytes; a little more lets an over-long coin id
+# reach our validation and get a JSON 400. Past this, aiohttp answers 400.
+MAX_LINE_BYTES = 16 * 1024
+MAX_FIELD_BYTES = 16 * 1024
 
 
 class HttpApi:
@@ -135,17 +52,31 @@ class HttpApi:
         self._settings = context.settings
         self._states = context.states
         self._tracked = frozenset(context.settings.coins.tracked)
+        self._openapi = dumps(openapi_document())
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application(middlewares=[errors_as_json])
+        app = web.Application(middlewares=[observe, errors_as_json])
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/deviation", self.deviation)
+        app.router.add_get("/history", self.history)
+        app.router.add_get("/coins", self.coins)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
+        docs.add_routes(app)
         return app
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            logger=protocol_logger(),
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_FIELD_BYTES,
+        )
         await runner.setup()
         try:
             http = self._settings.http
@@ -158,10 +89,16 @@ class HttpApi:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
 
-    async def stats(self, request: web.Request) -> web.Response:
+    async def stats(self, request: web.Request) -> web.StreamResponse:
         """`GET /stats?coin=`: the latest price, market cap and 24 h change."""
         coin = parse_coin(request)
         quote = await self._latest(coin, prices=0)
+        observed_at = from_iso(quote["observedAt"])
+        headers = cache_headers(
+            observed_at, self._settings.schedule.cron, datetime.now(UTC)
+        )
+        if not_modified(request, observed_at):
+            return web.Response(status=304, headers=headers)
 
         return json_response(
             {
@@ -170,7 +107,8 @@ class HttpApi:
                 "marketCap": quote["marketCap"],
                 "24hChange": quote["24hChange"],
                 "observedAt": quote["observedAt"],
-            }
+            },
+            headers=headers,
         )
 
     async def deviation(self, request: web.Request) -> web.Response:
@@ -189,31 +127,124 @@ class HttpApi:
             }
         )
 
+    async def history(self, request: web.Request) -> web.Response:
+        """`GET /history?coin=&limit=&before=`: stored quotes, newest first."""
+        coin, limit = parse_coin(request), parse_limit(request)
+        before = parse_before(request)
+        coin = self._canonical_tracked(coin)
+
+        query = {"coin": coin, "limit": limit, "before": before and to_iso(before)}
+        answer = self._answer_or_503(
+            await self._ask_store(query, subjects.QUERY_HISTORY)
+        )
+        quotes = answer.get("quotes", [])
+        full = len(quotes) == limit
+
+        return json_response(
+            {
+                "coin": coin,
+                "quotes": quotes,
+                "nextBefore": quotes[-1]["observedAt"] if full else None,
+            }
+        )
+
+    async def coins(self, request: web.Request) -> web.Response:
+        """`GET /coins`: tracked coins, their aliases, each latest observedAt."""
+        tracked = list(self._settings.coins.tracked)
+        answer = self._answer_or_503(
+            await self._ask_store({"coins": tracked}, subjects.QUERY_COINS)
+        )
+        observed = answer.get("observedAt", {})
+
+        return json_response(
+            {
+                "coins": [
+                    {
+                        "coin": coin,
+                        "aliases": self._aliases_of(coin),
+                        "observedAt": observed.get(coin),
+                    }
+                    for coin in tracked
+                ]
+            }
+        )
+
     async def healthz(self, request: web.Request) -> web.Response:
         """`GET /healthz`: the process lives; each actor's state."""
         return json_response({"status": "ok", "actors": self._states()})
 
-    async def _latest(self, coin: str, prices: int) -> dict[str, Any]:
-        # A former id answers for the current one; "coin" in the answer
-        # holds the current id.
-        coin = self._settings.coins.canonical(coin)
-        if coin not in self._tracked:
-            raise ApiError(404, "coin_not_tracked", f"coin {coin!r} is not tracked")
+    async def readyz(self, request: web.Request) -> web.Response:
+        """`GET /readyz`: NATS connected, a Store answering, every actor ready."""
+        states = self._states()
+        checks = {
+            "nats": "ok" if self._nats.is_connected else "not connected",
+            "store": await self._store_check(),
+            "actors": "ok"
+            if all(state == "ready" for state in states.values())
+            else "not all ready",
+        }
+        ready = all(value == "ok" for value in checks.values())
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "checks": checks,
+            "actors": states,
+        }
 
-        answer = await self._ask_store({"coin": coin, "prices": prices})
+        return json_response(body, 200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """`GET /metrics`: this process's metrics in Prometheus text format."""
+        body, content_type = metrics.exposition()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """`GET /openapi.json`: the OpenAPI 3.1 document of this API."""
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    def _aliases_of(self, coin: str) -> list[str]:
+        aliases = self._settings.coins.aliases
+        return sorted(alias for alias, target in aliases.items() if target == coin)
+
+    async def _store_check(self) -> str:
+        try:
+            answer = await self._ask_store({}, subjects.QUERY_PING)
+        except ApiError as exc:
+            return exc.message
+
+        return "ok" if answer.get("ok") else "store cannot reach its database"
+
+    def _canonical_tracked(self, coin: str) -> str:
+        # A former id answers for the current one; answers name the current id.
+        canonical = self._settings.coins.canonical(coin)
+        if canonical not in self._tracked:
+            raise ApiError(404, "coin_not_tracked", f"coin {coin!r} is not tracked")
+        return canonical
+
+    @staticmethod
+    def _answer_or_503(answer: dict[str, Any]) -> dict[str, Any]:
         if "error" in answer:
             raise ApiError(503, "store_unavailable", answer["error"].get("message", ""))
+        return answer
+
+    async def _latest(self, coin: str, prices: int) -> dict[str, Any]:
+        coin = self._canonical_tracked(coin)
+        answer = self._answer_or_503(
+            await self._ask_store({"coin": coin, "prices": prices})
+        )
         if not answer.get("found"):
             raise ApiError(404, "no_data", f"no quote of {coin!r} stored yet")
 
         return dict(answer["quote"])
 
-    async def _ask_store(self, query: dict[str, Any]) -> dict[str, Any]:
+    async def _ask_store(
+        self, query: dict[str, Any], subject: str = subjects.QUERY_LATEST
+    ) -> dict[str, Any]:
         timeout_s = self._settings.http.query_timeout_s
         try:
-            reply = await self._nats.request(
-                subjects.QUERY_LATEST, dumps(query), timeout=timeout_s
-            )
+            reply = await self._nats.request(subject, dumps(query), timeout=timeout_s)
         except NoRespondersError:
             raise ApiError(503, "store_unavailable", "no store is answering") from None
         except NatsTimeoutError:

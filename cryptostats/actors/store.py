@@ -8,8 +8,6 @@ request/reply in a queue group, so Store replicas share them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import structlog
 from anyio.abc import TaskStatus
@@ -19,10 +17,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 from pymongo.errors import PyMongoError
 
-from cryptostats import subjects
+from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.publisher import ensure_price_stream
-from cryptostats.messages import Quote, dumps, loads, to_iso
+from cryptostats.actors.store_queries import answer_query
+from cryptostats.messages import Quote, dumps, loads
 from cryptostats.storage import QuoteStore, connect
 
 log = structlog.get_logger("cryptostats.store", actor="store")
@@ -62,7 +61,7 @@ class Store:
         try:
             async with (
                 subscription(
-                    self._nats, subjects.QUERY_LATEST, subjects.STORE_QUEUE
+                    self._nats, subjects.QUERY_WILDCARD, subjects.STORE_QUEUE
                 ) as queries,
                 anyio.create_task_group() as group,
             ):
@@ -104,6 +103,7 @@ class Store:
             return
 
         await msg.ack()
+        metrics.QUOTES_STORED.labels(outcome="new" if added else "duplicate").inc()
         log.debug("quote_stored", coin=quote.coin, added=added, newest=newest)
         if newest:
             await self._nats.publish(subjects.stored_subject(quote.coin), msg.data)
@@ -113,7 +113,9 @@ class Store:
     ) -> None:
         async with limiter:
             try:
-                reply = await self._query_latest(loads(msg.data), store)
+                reply = await answer_query(
+                    msg.subject, loads(msg.data), store, self._settings
+                )
             except ValueError as exc:
                 reply = {"error": {"code": "bad_query", "message": str(exc)}}
             except PyMongoError as exc:
@@ -124,34 +126,11 @@ class Store:
                         "message": "database unavailable",
                     }
                 }
+            except Exception:
+                # A query must never take the Store, and its writes, down.
+                log.exception("query_crashed", subject=msg.subject)
+                reply = {"error": {"code": "internal_error", "message": "query failed"}}
             await msg.respond(dumps(reply))
-
-    async def _query_latest(self, query: Any, store: QuoteStore) -> dict[str, Any]:
-        if not isinstance(query, dict) or not isinstance(query.get("coin"), str):
-            raise ValueError("query must be an object with a string 'coin'")
-        prices = query.get("prices", 0)
-        if not isinstance(prices, int) or prices < 0:
-            raise ValueError("'prices' must be a non-negative integer")
-
-        document = await store.latest(query["coin"])
-        if document is None:
-            return {"found": False}
-
-        return {"found": True, "quote": _quote_json(document, prices)}
-
-
-def _quote_json(document: dict[str, Any], prices: int) -> dict[str, Any]:
-    recent = document.get("prices", [])
-    return {
-        "coin": document["_id"],
-        "vsCurrency": document["vs_currency"],
-        "price": document["price"],
-        "marketCap": document["market_cap"],
-        "24hChange": document["change_24h"],
-        "observedAt": to_iso(document["observed_at"]),
-        "fetchedAt": to_iso(document["fetched_at"]),
-        "recentPrices": recent[-prices:] if prices else [],
-    }
 
 
 async def _durable_consumer(js: JetStreamContext) -> JetStreamContext.PullSubscription:

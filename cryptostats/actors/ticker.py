@@ -9,7 +9,7 @@ import structlog
 from anyio.abc import TaskStatus
 from croniter import croniter
 
-from cryptostats import subjects
+from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext
 from cryptostats.messages import dumps, to_iso
 
@@ -22,6 +22,13 @@ def next_tick(cron: str, after: datetime) -> datetime:
     schedule = croniter(cron, after, second_at_beginning=seconds_first)
 
     return schedule.get_next(datetime).astimezone(UTC)
+
+
+def tick_interval_s(cron: str, after: datetime) -> float:
+    """Seconds between the next two moments of `cron` after `after`."""
+    first = next_tick(cron, after)
+
+    return (next_tick(cron, first) - first).total_seconds()
 
 
 class Ticker:
@@ -55,4 +62,5 @@ class Ticker:
         await self._nats.publish(
             subjects.TICK, dumps({"tickId": tick_id, "scheduledAt": tick_id})
         )
+        metrics.TICKS.inc()
         log.info("tick", tick_id=tick_id)

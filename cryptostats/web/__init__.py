@@ -1,0 +1,1 @@
+"""The HTTP side of HttpApi: errors, parameters, observability, OpenAPI, docs."""
