@@ -41,7 +41,10 @@ class Service:
         self.data_dir = data_dir
         config = data_dir / "bench.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
-        config.write_text(f"[coins]\nids = {json.dumps(list(COINS))}\n")
+        config.write_text(
+            f"[coins]\nids = {json.dumps(list(COINS))}\n"
+            "[coingecko]\ncalls_per_minute = 6000\n"
+        )
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [
@@ -63,8 +66,7 @@ class Service:
         while True:
             try:
                 statuses = [
-                    (await session.get(f"{self.url}/stats?coin={coin}")).status
-                    for coin in COINS
+                    await _status(session, f"{self.url}/stats?coin={c}") for c in COINS
                 ]
                 if statuses == [200] * len(COINS):
                     return time.monotonic() - self.started
@@ -87,6 +89,11 @@ class Service:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(30)
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as response:
+        return response.status
 
 
 async def seed_history(mongo_port: int, per_coin: int) -> float:

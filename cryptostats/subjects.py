@@ -8,7 +8,8 @@ from __future__ import annotations
 
 PREFIX = "cryptostats"
 
-# Ticker -> Fetcher: one message per scheduled moment (core NATS).
+# Ticker -> Fetcher: one request per scheduled moment; a Fetcher answers
+# {"accepted": bool} at once. A plain publish (no reply) is a tick too.
 TICK = f"{PREFIX}.tick"
 FETCHER_QUEUE = "cryptostats-fetcher"
 

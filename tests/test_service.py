@@ -42,6 +42,24 @@ async def test_deviation_of_three_prices_is_population_std(settings: Settings) -
     assert str(body["deviation"]).startswith("4082.4829")
 
 
+async def test_the_tick_at_start_is_not_lost_while_the_fetcher_starts(
+    nats_url: str, mongo_uri: str, fake_gecko: FakeCoinGecko
+) -> None:
+    # The Ticker starts, and ticks, before the Fetcher subscribes.
+    settings = make_settings(
+        nats_url, mongo_uri, fake_gecko.base_url, schedule={"tick_at_start": True}
+    )
+    async with run_actors(settings) as running:
+
+        async def stored() -> bool:
+            status, _ = await get_json(f"{running.http_url}/stats?coin=bitcoin")
+            return status == 200
+
+        await wait_for(stored, timeout_s=10)
+
+    assert len(fake_gecko.requests) == 1
+
+
 async def test_stats_answers_the_latest_quote_with_the_original_field_names(
     settings: Settings, fake_gecko: FakeCoinGecko
 ) -> None:

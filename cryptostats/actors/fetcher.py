@@ -24,7 +24,7 @@ from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.ticker import next_tick
 from cryptostats.coingecko import CoinGeckoClient, FetchResult
-from cryptostats.messages import Quote, encode_quotes, from_iso, loads
+from cryptostats.messages import Quote, dumps, encode_quotes, from_iso, loads
 
 log = structlog.get_logger("cryptostats.fetcher", actor="fetcher")
 
@@ -57,19 +57,22 @@ class Fetcher:
             ):
                 task_status.started()
                 async for msg in sub.messages:
-                    self._on_tick(group, client, msg.data)
+                    accepted = self._on_tick(group, client, msg.data)
+                    if msg.reply:
+                        await msg.respond(dumps({"accepted": accepted}))
 
-    def _on_tick(self, group: TaskGroup, client: CoinGeckoClient, data: bytes) -> None:
+    def _on_tick(self, group: TaskGroup, client: CoinGeckoClient, data: bytes) -> bool:
         tick_id, scheduled_at = _tick_fields(data)
         if self._busy:
             log.warning(
                 "tick_skipped", tick_id=tick_id, reason="previous fetch running"
             )
-            return
+            return False
 
         self._busy = True
         deadline = self._deadline(scheduled_at)
         group.start_soon(self._fetch_and_hand_on, client, tick_id, deadline)
+        return True
 
     def _deadline(self, scheduled_at: datetime | None) -> float:
         """The monotonic time of the tick after the one scheduled at
