@@ -26,7 +26,9 @@ from pydantic import (
 
 from cryptostats.errors import ConfigError
 
-ACTOR_NAMES = ("ticker", "fetcher", "publisher", "store", "http_api")
+# Start order: each actor after those it sends to, so nothing it sends is
+# lost while they subscribe; the supervisor stops them in reverse.
+ACTOR_NAMES = ("store", "publisher", "fetcher", "ticker", "http_api")
 COIN_PATTERN = r"^[a-z0-9-]{1,64}$"
 COIN_RE = re.compile(COIN_PATTERN)
 

@@ -51,7 +51,7 @@ def test_flags_override_the_environment() -> None:
 
     settings = load_settings(None, environ={}, overrides=flag_overrides(args))
 
-    assert settings.service.actors == ("ticker", "store")
+    assert settings.service.actors == ("store", "ticker")
     assert settings.http.port == 3100
     assert settings.schedule.cron == "*/5 * * * * *"
 
