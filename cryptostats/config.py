@@ -175,6 +175,7 @@ class MongoSettings(_Section):
     uri: str = ""
     database: str = "cryptostats"
     recent_prices: int = Field(default=1000, ge=2, le=100_000)
+    query_timeout_s: float = Field(default=1.0, gt=0)
 
 
 class HttpSettings(_Section):

@@ -8,10 +8,15 @@ request/reply in a queue group, so Store replicas share them.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
+import pymongo
 import structlog
 from anyio.abc import TaskStatus
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
@@ -27,7 +32,9 @@ from cryptostats.storage import QuoteStore, connect
 log = structlog.get_logger("cryptostats.store", actor="store")
 
 FETCH_BATCH = 256
-ACK_WAIT_S = 30.0
+# A write that takes longer says so (in_progress), so this only bounds how
+# long the events of a killed Store wait before another one gets them.
+ACK_WAIT_S = 10.0
 RETRY_DELAY_S = 2.0
 MAX_QUERY_CONCURRENCY = 64
 
@@ -83,8 +90,12 @@ class Store:
                 batch = await events.fetch(FETCH_BATCH, timeout=1.0)
             except NatsTimeoutError:
                 continue
-            for msg in batch:
-                await self._save(msg, store)
+            for index, msg in enumerate(batch):
+                try:
+                    await self._save(msg, store)
+                except anyio.get_cancelled_exc_class():
+                    await _hand_back(self._nats, batch[index:])
+                    raise
 
     async def _save(self, msg: Msg, store: QuoteStore) -> None:
         try:
@@ -94,28 +105,38 @@ class Store:
             await msg.term()
             return
 
-        try:
-            added, newest = await store.save(quote)
-        except PyMongoError as exc:
-            log.warning("store_unavailable", coin=quote.coin, error=type(exc).__name__)
-            await msg.nak(delay=RETRY_DELAY_S)
-            await anyio.sleep(RETRY_DELAY_S)
-            return
-
+        added, newest = await self._save_until_done(msg, quote, store)
         await msg.ack()
         metrics.QUOTES_STORED.labels(outcome="new" if added else "duplicate").inc()
         log.debug("quote_stored", coin=quote.coin, added=added, newest=newest)
         if newest:
             await self._nats.publish(subjects.stored_subject(quote.coin), msg.data)
 
+    async def _save_until_done(
+        self, msg: Msg, quote: Quote, store: QuoteStore
+    ) -> tuple[bool, bool]:
+        # Retrying in place, rather than nak-ing, keeps events in stream
+        # order: a newer quote stored first would keep an older one out of
+        # the recent-price list.
+        while True:
+            try:
+                return await store.save(quote)
+            except PyMongoError as exc:
+                log.warning(
+                    "store_unavailable", coin=quote.coin, error=type(exc).__name__
+                )
+            await msg.in_progress()
+            await anyio.sleep(RETRY_DELAY_S)
+
     async def _answer(
         self, msg: Msg, store: QuoteStore, limiter: anyio.CapacityLimiter
     ) -> None:
         async with limiter:
             try:
-                reply = await answer_query(
-                    msg.subject, loads(msg.data), store, self._settings
-                )
+                with pymongo.timeout(self._settings.mongo.query_timeout_s):
+                    reply = await answer_query(
+                        msg.subject, loads(msg.data), store, self._settings
+                    )
             except ValueError as exc:
                 reply = {"error": {"code": "bad_query", "message": str(exc)}}
             except PyMongoError as exc:
@@ -146,3 +167,14 @@ async def _durable_consumer(js: JetStreamContext) -> JetStreamContext.PullSubscr
         stream=subjects.PRICE_STREAM,
         config=config,
     )
+
+
+async def _hand_back(nats: NatsClient, messages: list[Msg]) -> None:
+    """Return unstored events to the stream at once, rather than after
+    ACK_WAIT_S, when the Store stops."""
+    with anyio.CancelScope(shield=True):
+        for msg in messages:
+            if nats.is_closed:
+                return
+            with contextlib.suppress(NatsError):
+                await msg.nak()
