@@ -3,7 +3,8 @@
 Used when `NATS_URL` or `MONGO_URI` is not set. Each child listens on a free
 loopback port with its data under the data dir, and is asked by the kernel to
 die with its parent (PR_SET_PDEATHSIG), so a SIGKILLed service leaves no
-orphan server behind.
+orphan server behind. `keep_alive` restarts a child that dies unasked, on the
+same port with the same data.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class EmbeddedServer:
         self._argv = list(argv)
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._wanted = False
 
     @property
     def pid(self) -> int | None:
@@ -91,12 +93,17 @@ class EmbeddedServer:
         """True while the child process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    def crashed(self) -> bool:
+        """True when the child has died without `stop()` being called."""
+        return self._wanted and not self.running()
+
     async def start(self, ready_timeout_s: float = 20.0) -> None:
         """Start the child and wait until its port accepts connections.
 
         Raises:
             EmbeddedServerError: it exited or did not listen in time.
         """
+        self._wanted = True
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._log_path.open("ab") as output:
             # Forking is quick; the child needs preexec_fn for PDEATHSIG.
@@ -130,13 +137,17 @@ class EmbeddedServer:
                 return
             await asyncio.sleep(0.05)
 
-        await self.stop()
+        await self._terminate()
         raise EmbeddedServerError(
             self.name, f"not listening on port {self.port} after {timeout_s}s"
         )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the child to exit (SIGTERM), and kill it if it does not."""
+        self._wanted = False
+        await self._terminate(timeout_s)
+
+    async def _terminate(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -148,6 +159,26 @@ class EmbeddedServer:
             process.kill()
             await asyncio.to_thread(process.wait)
         log.info("embedded_server_stopped", server=self.name, code=process.returncode)
+
+
+async def keep_alive(server: EmbeddedServer, poll_s: float = 0.5) -> None:
+    """Restart `server` whenever it dies unasked, until cancelled.
+
+    It comes back on the same port with the same data dir, so clients
+    reconnect to it as if it had only been unreachable for a moment.
+    """
+    while True:
+        await asyncio.sleep(poll_s)
+        if not server.crashed():
+            continue
+
+        log.warning("embedded_server_died", server=server.name, port=server.port)
+        try:
+            await server.start()
+        except EmbeddedServerError as exc:
+            log.warning(
+                "embedded_server_restart_failed", server=server.name, error=str(exc)
+            )
 
 
 async def _accepts(port: int) -> bool:

@@ -154,7 +154,8 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def start_embedded_servers(settings: Settings, stack: AsyncExitStack) -> Settings:
-    """Start nats-server and SecantusDB where no URL is configured.
+    """Start nats-server and SecantusDB where no URL is configured, and
+    restart either if it dies while the service runs.
 
     Returns:
         The settings with the embedded servers' URLs filled in.
@@ -164,11 +165,14 @@ async def start_embedded_servers(settings: Settings, stack: AsyncExitStack) -> S
     """
     data_dir = settings.service.data_dir.resolve()
     nats_settings, mongo_settings = settings.nats, settings.mongo
+    watchdogs = await stack.enter_async_context(anyio.create_task_group())
+    stack.callback(watchdogs.cancel_scope.cancel)
 
     if not settings.nats.url:
         server = embedded.embedded_nats(data_dir)
         await server.start()
         stack.push_async_callback(server.stop)
+        watchdogs.start_soon(embedded.keep_alive, server)
         nats_settings = nats_settings.model_copy(
             update={"url": embedded.nats_url(server)}
         )
@@ -178,6 +182,7 @@ async def start_embedded_servers(settings: Settings, stack: AsyncExitStack) -> S
         server = embedded.embedded_mongo(data_dir)
         await server.start()
         stack.push_async_callback(server.stop)
+        watchdogs.start_soon(embedded.keep_alive, server)
         mongo_settings = mongo_settings.model_copy(
             update={"uri": embedded.mongo_uri(server)}
         )

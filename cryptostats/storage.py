@@ -2,9 +2,10 @@
 
 `quotes` holds one document per (coin, vs currency, observed time), made
 unique by an index, so a redelivered quote is never stored twice. `latest`
-holds, per coin, the newest quote and a bounded list of its recent prices;
-it changes only for a newer quote, and answers `/stats` and `/deviation`
-with a single point read whose cost does not grow with history.
+holds, per coin, the newest quote (changed only by a newer quote) and a
+bounded list of its recent prices in observed order, whatever order quotes
+arrive in; it answers `/stats` and `/deviation` with a single point read
+whose cost does not grow with history.
 
 History is read newest first in time windows that each match about as many
 quotes as are still wanted: SecantusDB sorts every document a filter
@@ -81,6 +82,7 @@ class QuoteStore:
         """
         added = await self._insert_history(quote)
         newest = await self._advance_latest(quote)
+        await self._remember_price(quote)
 
         return added, newest
 
@@ -115,13 +117,7 @@ class QuoteStore:
                         "change_24h": quote.change_24h,
                         "observed_at": quote.observed_at,
                         "fetched_at": quote.fetched_at,
-                    },
-                    "$push": {
-                        "prices": {
-                            "$each": [quote.price],
-                            "$slice": -self._recent_prices,
-                        }
-                    },
+                    }
                 },
                 upsert=True,
             )
@@ -129,6 +125,25 @@ class QuoteStore:
             return False
 
         return True
+
+    async def _remember_price(self, quote: Quote) -> None:
+        # Kept sorted by observed time, so a quote that arrives after a newer
+        # one (redelivered, or from another Store replica) still takes its
+        # place; a quote already in the list fails the filter.
+        await self._latest.update_one(
+            {"_id": quote.coin, "recent.observed_at": {"$ne": quote.observed_at}},
+            {
+                "$push": {
+                    "recent": {
+                        "$each": [
+                            {"observed_at": quote.observed_at, "price": quote.price}
+                        ],
+                        "$sort": {"observed_at": ASCENDING},
+                        "$slice": -self._recent_prices,
+                    }
+                }
+            },
+        )
 
     async def latest(self, coin: str) -> dict[str, Any] | None:
         """The `latest` document of `coin`, or None before its first quote."""

@@ -4,6 +4,7 @@ stored exactly once, and the service answers again afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,7 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
+import nats
 import pytest
 from anyio.abc import TaskStatus
 from pymongo import AsyncMongoClient
@@ -25,6 +28,7 @@ from cryptostats.main import connect_nats
 from cryptostats.messages import Quote, dumps
 from cryptostats.supervisor import Supervisor
 from tests.conftest import (
+    ServiceProcess,
     get_json,
     make_settings,
     run_actors,
@@ -69,7 +73,8 @@ async def stored(uri: str, database: str, coin: str) -> tuple[list[float], list[
     finally:
         await client.close()
 
-    return history, list(latest["prices"]) if latest else []
+    recent = [entry["price"] for entry in latest["recent"]] if latest else []
+    return history, recent
 
 
 async def assert_every_quote_stored_once(
@@ -92,7 +97,11 @@ async def assert_every_quote_stored_once(
 
 
 async def stats_price(http_url: str, coin: str) -> float | None:
-    status, body = await get_json(f"{http_url}/stats?coin={coin}")
+    """The price `/stats` answers, or None while it answers no price."""
+    try:
+        status, body = await get_json(f"{http_url}/stats?coin={coin}")
+    except aiohttp.ClientError:
+        return None
     return body["price"] if status == 200 else None
 
 
@@ -268,6 +277,39 @@ async def test_a_redelivered_quote_changes_neither_history_nor_latest(
     assert history == ([40000.0, 40100.0], [40000.0, 40100.0])
 
 
+async def test_a_quote_arriving_after_a_newer_one_takes_its_place_in_the_list(
+    nats_url: str, mongo_uri: str, short_gecko: FakeCoinGecko
+) -> None:
+    settings = make_settings(
+        nats_url, mongo_uri, short_gecko.base_url, service={"actors": ["store"]}
+    )
+    first, second, third = (
+        _quote(point.price, point.observed_at)
+        for point in short_gecko.feeds["bitcoin"].points[:3]
+    )
+
+    async with run_actors(settings) as running:
+        js = running.client.jetstream()
+        for quote in (first, third, second):
+            await js.publish(
+                subjects.price_subject("bitcoin", "usd"), dumps(quote.to_dict())
+            )
+
+        async def consumed() -> bool:
+            info = await js.consumer_info(
+                subjects.PRICE_STREAM, subjects.STORE_CONSUMER
+            )
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await wait_for(consumed)
+        history = await stored(settings.mongo.uri, settings.mongo.database, "bitcoin")
+        price = await stats_price(running.http_url, "bitcoin")
+
+    prices = [40000.0, 40100.0, 40200.0]
+    assert history == (prices, prices)
+    assert price is None  # no HttpApi in this process
+
+
 def _quote(price: float, observed_at: Any) -> Quote:
     return Quote(
         coin="bitcoin",
@@ -341,3 +383,272 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+# The service as a process ------------------------------------------------
+
+
+def write_config(tmp_path: Path, gecko_url: str, **sections: str) -> Path:
+    """A config file for a service process on a fast schedule and short
+    timeouts; `sections` adds TOML lines to a section."""
+    values = {
+        "service": f'data_dir = "{tmp_path / "data"}"',
+        "schedule": 'cron = "*/1 * * * * *"',
+        "coins": 'ids = ["bitcoin", "ethereum"]',
+        "coingecko": f'base_url = "{gecko_url}"\ntimeout_s = 40.0\nattempts = 1',
+        "nats": "request_timeout_s = 2.0",
+        "mongo": f'database = "faults_{os.getpid()}_{time.monotonic_ns()}"',
+        "http": f"port = {embedded.free_port()}",
+        "supervisor": "backoff_initial_s = 0.05\nbackoff_max_s = 0.2",
+    }
+    text = "\n".join(
+        f"[{name}]\n{lines}\n{sections.get(name, '')}\n"
+        for name, lines in values.items()
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+
+    return path
+
+
+def start_service(
+    config: Path, env: dict[str, str] | None = None, name: str = "service"
+) -> ServiceProcess:
+    environment = {"PYTHONWARNINGS": "always::ResourceWarning", **(env or {})}
+    return ServiceProcess(
+        ["--config", str(config)], environment, config.parent / f"{name}.log"
+    )
+
+
+def events(service: ServiceProcess, name: str) -> list[dict[str, Any]]:
+    """Every logged event called `name`, in order."""
+    found = []
+    for line in service.log().splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            event = json.loads(line)
+            if event.get("event") == name:
+                found.append(event)
+    return found
+
+
+def http_url(config: Path) -> str:
+    port = next(
+        line.split("=")[1].strip()
+        for line in config.read_text().splitlines()
+        if line.startswith("port =")
+    )
+    return f"http://127.0.0.1:{port}"
+
+
+def database_name(config: Path) -> str:
+    return next(
+        line.split("=")[1].strip().strip('"')
+        for line in config.read_text().splitlines()
+        if line.startswith("database =")
+    )
+
+
+def embedded_pid(service: ServiceProcess, server: str, nth: int = 0) -> int:
+    ready = [
+        e for e in events(service, "embedded_server_ready") if e["server"] == server
+    ]
+    return int(ready[nth]["pid"])
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped is not running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in {"Z", "X"}
+
+
+async def gone(pid: int) -> bool:
+    return not alive(pid)
+
+
+async def logged(service: ServiceProcess, name: str, count: int = 1) -> bool:
+    assert service.process.poll() is None, service.log()[-3000:]
+    return len(events(service, name)) >= count
+
+
+# 4 -------------------------------------------------------------------------
+
+
+async def test_service_killed_between_publishing_and_storing_stores_all_once(
+    tmp_path: Path, short_gecko: FakeCoinGecko
+) -> None:
+    database = embedded.embedded_mongo(tmp_path / "db")
+    await database.start()
+    config = write_config(tmp_path, short_gecko.base_url)
+    env = {"MONGO_URI": embedded.mongo_uri(database)}
+    first = start_service(config, env, "first")
+    try:
+        await wait_for(lambda: stats_price(http_url(config), "bitcoin"))
+        await database.stop()
+        await wait_for(lambda: _stream_holds(first, 12))
+        first.process.kill()
+        first.process.wait()
+        nats_pid = embedded_pid(first, "nats")
+        await wait_for(lambda: gone(nats_pid), timeout_s=5.0)
+
+        await database.start()
+        second = start_service(config, env, "second")
+        try:
+            await assert_every_quote_stored_once(
+                short_gecko, env["MONGO_URI"], database_name(config)
+            )
+            price = await wait_for(lambda: stats_price(http_url(config), "bitcoin"))
+        finally:
+            code = second.stop()
+    finally:
+        first.process.kill()
+        await database.stop()
+
+    assert price == 40500.0
+    assert code == 0
+
+
+async def _stream_holds(service: ServiceProcess, count: int) -> bool:
+    """True once the price stream of the service's embedded NATS holds
+    `count` events."""
+    ready = [
+        e for e in events(service, "embedded_server_ready") if e["server"] == "nats"
+    ]
+    client = await nats.connect(f"nats://127.0.0.1:{ready[-1]['port']}")
+    try:
+        info = await client.jetstream().stream_info(subjects.PRICE_STREAM)
+    finally:
+        await client.close()
+    return info.state.messages >= count
+
+
+# 5 -------------------------------------------------------------------------
+
+
+async def test_sigterm_during_a_slow_upstream_call_exits_cleanly_within_5s(
+    tmp_path: Path, short_gecko: FakeCoinGecko
+) -> None:
+    short_gecko.delay_s = 30.0
+    config = write_config(tmp_path, short_gecko.base_url)
+    service = start_service(config)
+    try:
+        await wait_for(lambda: _requests_at_least(short_gecko, 1))
+        await wait_for(lambda: stats_status_is(http_url(config), 404))
+
+        started = time.monotonic()
+        code = service.stop(timeout_s=10.0)
+        elapsed_s = time.monotonic() - started
+    finally:
+        service.process.kill()
+
+    text = service.log()
+    stopped = {e["server"] for e in events(service, "embedded_server_stopped")}
+    assert code == 0, text[-3000:]
+    assert elapsed_s < 5.0
+    assert events(service, "nats_drained")
+    assert events(service, "database_closed")
+    assert stopped == {"nats", "secantusdb"}
+    for bad in ("Task was destroyed", "Unclosed", "Traceback", "ResourceWarning"):
+        assert bad not in text
+
+
+async def stats_status_is(url: str, status: int) -> bool:
+    try:
+        return (await get_json(f"{url}/stats?coin=bitcoin"))[0] == status
+    except aiohttp.ClientError:
+        return False
+
+
+# 6 (as a process) ----------------------------------------------------------
+
+
+async def test_an_actor_crashing_at_every_start_makes_the_process_exit_non_zero(
+    tmp_path: Path, nats_url: str, mongo_uri: str, short_gecko: FakeCoinGecko
+) -> None:
+    # A database name MongoDB refuses makes the Store fail as it starts.
+    config = write_config(
+        tmp_path,
+        short_gecko.base_url,
+        service='actors = ["store"]',
+        supervisor="restart_budget = 2",
+    )
+    config.write_text(config.read_text().replace('database = "', 'database = "a/'))
+    service = start_service(config, {"NATS_URL": nats_url, "MONGO_URI": mongo_uri})
+
+    try:
+        code = service.process.wait(timeout=30)
+    finally:
+        service.process.kill()
+
+    exceeded = events(service, "actor_budget_exceeded")
+    assert code == 1
+    assert len(exceeded) == 1
+    assert exceeded[0]["actor"] == "store"
+    assert "InvalidName" in exceeded[0]["cause"]
+    assert len(events(service, "actor_restarting")) == 2
+    assert any(
+        e["error_type"] == "ActorBudgetExceededError"
+        for e in events(service, "service_failed")
+    )
+
+
+# 9 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["nats", "secantusdb"])
+async def test_a_killed_embedded_server_is_restarted_and_storing_goes_on(
+    tmp_path: Path, server: str
+) -> None:
+    fake = FakeCoinGecko.from_prices(
+        {"bitcoin": ladder(40000.0, 12), "ethereum": ladder(2000.0, 12, 10.0)}
+    )
+    async with fake:
+        config = write_config(tmp_path, fake.base_url)
+        url = http_url(config)
+        service = start_service(config)
+        try:
+            before = await wait_for(lambda: stats_price(url, "bitcoin"))
+            pid = embedded_pid(service, server)
+            os.kill(pid, signal.SIGKILL)
+            await wait_for(lambda: _ready_again(service, server))
+            after = await wait_for(lambda: _price_above(url, "bitcoin", before + 100))
+            await wait_for(lambda: _fetched_all(fake), timeout_s=30.0)
+            await wait_for(lambda: _price_above(url, "bitcoin", 41000.0))
+            code = service.stop()
+        finally:
+            service.process.kill()
+
+    history = await _stored_after(tmp_path / "data", database_name(config))
+    assert embedded_pid(service, server, 1) != pid
+    assert after > before
+    assert code == 0
+    assert history == {
+        coin: ([p.price for p in fake.feeds[coin].points],) * 2 for coin in COINS
+    }
+
+
+async def _ready_again(service: ServiceProcess, server: str) -> bool:
+    ready = [
+        e for e in events(service, "embedded_server_ready") if e["server"] == server
+    ]
+    return len(ready) >= 2
+
+
+async def _price_above(url: str, coin: str, price: float) -> float | None:
+    current = await stats_price(url, coin)
+    return current if current is not None and current > price else None
+
+
+async def _stored_after(data_dir: Path, database: str) -> dict[str, Any]:
+    """What the service's embedded database holds, read by starting it again."""
+    server = embedded.embedded_mongo(data_dir)
+    await server.start()
+    try:
+        return {
+            coin: await stored(embedded.mongo_uri(server), database, coin)
+            for coin in COINS
+        }
+    finally:
+        await server.stop()

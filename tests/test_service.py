@@ -101,7 +101,11 @@ async def test_a_quote_seen_again_is_stored_once(
 
     assert stored == 3
     assert latest is not None
-    assert latest["prices"] == [40000.0, 45000.0, 50000.0]
+    assert [entry["price"] for entry in latest["recent"]] == [
+        40000.0,
+        45000.0,
+        50000.0,
+    ]
 
 
 async def _requests_at_least(fake: FakeCoinGecko, count: int) -> bool:

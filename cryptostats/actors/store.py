@@ -60,6 +60,7 @@ class Store:
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
+            log.info("database_closed")
 
     async def _serve(self, store: QuoteStore, task_status: TaskStatus[None]) -> None:
         js = self._nats.jetstream()

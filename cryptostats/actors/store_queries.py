@@ -146,7 +146,7 @@ async def _history_start(before: Any, coin: str, store: QuoteStore) -> datetime 
 
 
 def _quote_json(document: dict[str, Any], prices: int) -> dict[str, Any]:
-    recent = document.get("prices", [])
+    recent = [entry["price"] for entry in document.get("recent", [])]
     return {
         "coin": document["_id"],
         "vsCurrency": document["vs_currency"],
