@@ -17,7 +17,6 @@ from anyio.abc import TaskStatus
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 from pymongo.errors import PyMongoError
@@ -89,7 +88,9 @@ class Store:
         while True:
             try:
                 batch = await events.fetch(FETCH_BATCH, timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:
+                # nats-py raises its own TimeoutError, and under load also
+                # the builtin one (its deadline ran out between two pulls).
                 continue
             for index, msg in enumerate(batch):
                 try:
