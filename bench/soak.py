@@ -59,7 +59,7 @@ def write_config(data_dir: Path, base_url: str, port: int, schedule: str) -> Pat
         f'[service]\ndata_dir = "{data_dir}"\n'
         f'[schedule]\ncron = "{schedule}"\n'
         f"[coins]\nids = {json.dumps(list(COINS))}\n"
-        f'[coingecko]\nbase_url = "{base_url}"\n'
+        f'[coingecko]\nbase_url = "{base_url}"\ncalls_per_minute = 600\n'
         f'[mongo]\ndatabase = "{DATABASE}"\nrecent_prices = 100\n'
         f"[http]\nport = {port}\n"
     )

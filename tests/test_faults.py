@@ -394,7 +394,10 @@ def write_config(tmp_path: Path, gecko_url: str, **sections: str) -> Path:
         "service": f'data_dir = "{tmp_path / "data"}"',
         "schedule": 'cron = "*/1 * * * * *"',
         "coins": 'ids = ["bitcoin", "ethereum"]',
-        "coingecko": f'base_url = "{gecko_url}"\ntimeout_s = 40.0\nattempts = 1',
+        "coingecko": (
+            f'base_url = "{gecko_url}"\ntimeout_s = 40.0\nattempts = 1\n'
+            "calls_per_minute = 600"
+        ),
         "nats": "request_timeout_s = 2.0",
         "mongo": f'database = "faults_{os.getpid()}_{time.monotonic_ns()}"',
         "http": f"port = {embedded.free_port()}",
