@@ -98,3 +98,12 @@ class CallDeferredError(UpstreamError):
     def __init__(self, wait_s: float) -> None:
         super().__init__(f"next coingecko call must wait {wait_s:.1f}s")
         self.wait_s = wait_s
+
+
+class LatestContendedError(CryptostatsError, RuntimeError):
+    """A coin's latest document kept changing under our compare-and-set."""
+
+    def __init__(self, coin: str, attempts: int) -> None:
+        super().__init__(f"latest of {coin} changed during {attempts} attempts")
+        self.coin = coin
+        self.attempts = attempts

@@ -14,14 +14,16 @@ would cost as much as the whole history of the coin.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from cryptostats.errors import LatestContendedError
 from cryptostats.messages import Quote
 
 DUPLICATE_KEY = 11000
@@ -30,6 +32,7 @@ HISTORY_START = datetime(2009, 1, 3, tzinfo=UTC)
 # A window grows at most this much from one read to the next.
 MAX_WINDOW_GROWTH = 8.0
 MIN_WINDOW_S = 1.0
+LATEST_ATTEMPTS = 5
 
 
 def connect(uri: str, timeout_s: float = 5.0) -> AsyncMongoClient[dict[str, Any]]:
@@ -68,67 +71,107 @@ class QuoteStore:
         )
 
     async def save(self, quote: Quote) -> tuple[bool, bool]:
-        """Store `quote` in the history and, if it is newer, as the latest.
-
-        Safe to repeat: a quote already stored changes nothing.
+        """Store one quote; see `save_many`.
 
         Returns:
             (added to history, became the coin's latest).
 
         Raises:
+            pymongo.errors.PyMongoError: the database failed.
+            LatestContendedError: see `save_many`.
+        """
+        added, newest = await self.save_many([quote])
+
+        return added == 1, quote.coin in newest
+
+    async def save_many(self, quotes: Sequence[Quote]) -> tuple[int, dict[str, Quote]]:
+        """Store quotes in the history and advance each coin's latest.
+
+        Safe to repeat: a quote already stored changes nothing. The history
+        is written with one unordered bulk insert; each coin's latest takes
+        the batch's quotes newer than it in one update.
+
+        Returns:
+            (quotes added to history, the new latest quote of each coin
+            whose latest advanced).
+
+        Raises:
             pymongo.errors.PyMongoError: the database failed; nothing is lost
                 by calling again.
+            LatestContendedError: other writers kept moving a latest; nothing
+                is lost by calling again.
         """
-        added = await self._insert_history(quote)
-        newest = await self._advance_latest(quote)
+        added = await self._insert_history(quotes)
+        by_coin: dict[str, list[Quote]] = {}
+        for quote in quotes:
+            by_coin.setdefault(quote.coin, []).append(quote)
+
+        newest: dict[str, Quote] = {}
+        for coin, coin_quotes in by_coin.items():
+            advanced = await self._advance_latest(coin, coin_quotes)
+            if advanced is not None:
+                newest[coin] = advanced
 
         return added, newest
 
-    async def _insert_history(self, quote: Quote) -> bool:
-        document = {
-            "coin": quote.coin,
-            "vs_currency": quote.vs_currency,
-            "price": quote.price,
-            "market_cap": quote.market_cap,
-            "change_24h": quote.change_24h,
-            "observed_at": quote.observed_at,
-            "fetched_at": quote.fetched_at,
-        }
-        try:
-            await self._quotes.insert_one(document)
-        except DuplicateKeyError:
-            return False
+    async def _insert_history(self, quotes: Sequence[Quote]) -> int:
+        if not quotes:
+            return 0
 
-        return True
-
-    async def _advance_latest(self, quote: Quote) -> bool:
-        # Matches only when our quote is newer; otherwise the upsert tries to
-        # insert a second document with this _id and fails with 11000.
         try:
-            await self._latest.update_one(
-                {"_id": quote.coin, "observed_at": {"$lt": quote.observed_at}},
-                {
-                    "$set": {
-                        "vs_currency": quote.vs_currency,
-                        "price": quote.price,
-                        "market_cap": quote.market_cap,
-                        "change_24h": quote.change_24h,
-                        "observed_at": quote.observed_at,
-                        "fetched_at": quote.fetched_at,
-                    },
-                    "$push": {
-                        "prices": {
-                            "$each": [quote.price],
-                            "$slice": -self._recent_prices,
-                        }
-                    },
-                },
-                upsert=True,
+            result = await self._quotes.insert_many(
+                [_history_document(quote) for quote in quotes], ordered=False
             )
-        except DuplicateKeyError:
-            return False
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            return int(exc.details.get("nInserted", len(quotes) - len(errors)))
 
-        return True
+        return len(result.inserted_ids)
+
+    async def _advance_latest(self, coin: str, quotes: list[Quote]) -> Quote | None:
+        # Compare-and-set on the observed time read first: if another writer
+        # moved the latest in between, the write misses and we read again.
+        for _ in range(LATEST_ATTEMPTS):
+            current = await self._latest.find_one({"_id": coin}, {"observed_at": 1})
+            since = current["observed_at"] if current else None
+            newer = _newer_than(quotes, since)
+            if not newer:
+                return None
+            if await self._write_latest(coin, newer, since):
+                return newer[-1]
+
+        raise LatestContendedError(coin, LATEST_ATTEMPTS)
+
+    async def _write_latest(
+        self, coin: str, newer: list[Quote], since: datetime | None
+    ) -> bool:
+        last = newer[-1]
+        fields = {
+            "vs_currency": last.vs_currency,
+            "price": last.price,
+            "market_cap": last.market_cap,
+            "change_24h": last.change_24h,
+            "observed_at": last.observed_at,
+            "fetched_at": last.fetched_at,
+        }
+        prices = [quote.price for quote in newer][-self._recent_prices :]
+        if since is None:
+            try:
+                await self._latest.insert_one({"_id": coin, **fields, "prices": prices})
+            except DuplicateKeyError:
+                return False
+            return True
+
+        result = await self._latest.update_one(
+            {"_id": coin, "observed_at": since},
+            {
+                "$set": fields,
+                "$push": {"prices": {"$each": prices, "$slice": -self._recent_prices}},
+            },
+        )
+        return result.matched_count == 1
 
     async def latest(self, coin: str) -> dict[str, Any] | None:
         """The `latest` document of `coin`, or None before its first quote."""
@@ -227,3 +270,26 @@ def next_span_s(span_s: float, found: int, still_wanted: int) -> float:
     estimate = span_s * still_wanted / found * 1.25
 
     return max(MIN_WINDOW_S, min(estimate, span_s * MAX_WINDOW_GROWTH))
+
+
+def _history_document(quote: Quote) -> dict[str, Any]:
+    return {
+        "coin": quote.coin,
+        "vs_currency": quote.vs_currency,
+        "price": quote.price,
+        "market_cap": quote.market_cap,
+        "change_24h": quote.change_24h,
+        "observed_at": quote.observed_at,
+        "fetched_at": quote.fetched_at,
+    }
+
+
+def _newer_than(quotes: list[Quote], since: datetime | None) -> list[Quote]:
+    """The quotes observed after `since`, oldest first, one per observed time."""
+    by_time = {
+        quote.observed_at: quote
+        for quote in reversed(quotes)
+        if since is None or quote.observed_at > since
+    }
+
+    return [by_time[moment] for moment in sorted(by_time)]

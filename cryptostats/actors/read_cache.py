@@ -45,7 +45,7 @@ class ReadCache:
         self._nats = nats
         self._answers: dict[str, dict[Hashable, tuple[datetime, Any]]] = {}
         self._notified: dict[str, datetime] = {}
-        self._reconnects = self._reconnect_count()
+        self._reconnects = 0
         self.hits = 0
         self.misses = 0
 

@@ -21,6 +21,7 @@ from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.publisher import ensure_price_stream
 from cryptostats.actors.store_queries import answer_query
+from cryptostats.errors import LatestContendedError
 from cryptostats.messages import Quote, dumps, loads
 from cryptostats.storage import QuoteStore, connect
 
@@ -83,30 +84,41 @@ class Store:
                 batch = await events.fetch(FETCH_BATCH, timeout=1.0)
             except NatsTimeoutError:
                 continue
-            for msg in batch:
-                await self._save(msg, store)
+            await self._save_batch(batch, store)
 
-    async def _save(self, msg: Msg, store: QuoteStore) -> None:
-        try:
-            quote = Quote.from_dict(loads(msg.data))
-        except ValueError as exc:
-            log.warning("event_malformed", subject=msg.subject, error=str(exc))
-            await msg.term()
-            return
+    async def _save_batch(self, batch: list[Msg], store: QuoteStore) -> None:
+        quotes: list[Quote] = []
+        valid: list[Msg] = []
+        for msg in batch:
+            try:
+                quotes.append(Quote.from_dict(loads(msg.data)))
+            except ValueError as exc:
+                log.warning("event_malformed", subject=msg.subject, error=str(exc))
+                await msg.term()
+                continue
+            valid.append(msg)
 
         try:
-            added, newest = await store.save(quote)
-        except PyMongoError as exc:
-            log.warning("store_unavailable", coin=quote.coin, error=type(exc).__name__)
-            await msg.nak(delay=RETRY_DELAY_S)
+            added, newest = await store.save_many(quotes)
+        except (PyMongoError, LatestContendedError) as exc:
+            log.warning(
+                "store_unavailable", quotes=len(quotes), error=type(exc).__name__
+            )
+            for msg in valid:
+                await msg.nak(delay=RETRY_DELAY_S)
             await anyio.sleep(RETRY_DELAY_S)
             return
 
-        await msg.ack()
-        metrics.QUOTES_STORED.labels(outcome="new" if added else "duplicate").inc()
-        log.debug("quote_stored", coin=quote.coin, added=added, newest=newest)
-        if newest:
-            await self._nats.publish(subjects.stored_subject(quote.coin), msg.data)
+        # Acknowledged only now that every quote of the batch is written.
+        for msg in valid:
+            await msg.ack()
+        metrics.QUOTES_STORED.labels(outcome="new").inc(added)
+        metrics.QUOTES_STORED.labels(outcome="duplicate").inc(len(quotes) - added)
+        log.debug("quotes_stored", quotes=len(quotes), added=added, coins=len(newest))
+        for coin, quote in newest.items():
+            await self._nats.publish(
+                subjects.stored_subject(coin), dumps(quote.to_dict())
+            )
 
     async def _answer(
         self, msg: Msg, store: QuoteStore, limiter: anyio.CapacityLimiter
