@@ -107,3 +107,12 @@ class LatestContendedError(CryptostatsError, RuntimeError):
         super().__init__(f"latest of {coin} changed during {attempts} attempts")
         self.coin = coin
         self.attempts = attempts
+
+
+class ImportFailedError(CryptostatsError, RuntimeError):
+    """A history import could not read its source or hand its quotes on."""
+
+    def __init__(self, coin: str, reason: str) -> None:
+        super().__init__(f"history import of {coin} failed: {reason}")
+        self.coin = coin
+        self.reason = reason

@@ -22,6 +22,7 @@ from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.publisher import ensure_price_stream
 from cryptostats.actors.store_queries import answer_query
 from cryptostats.errors import LatestContendedError
+from cryptostats.history_import import import_command
 from cryptostats.messages import Quote, dumps, loads
 from cryptostats.storage import QuoteStore, connect
 
@@ -50,10 +51,18 @@ class Store:
                 self._settings.mongo.recent_prices,
             )
             await store.ensure_indexes()
+            await self._offer_import(store)
             await self._serve(store, task_status)
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
+
+    async def _offer_import(self, store: QuoteStore) -> None:
+        # A coin with no history leaves /deviation empty for hours: say how
+        # to fill it now.
+        for coin in self._settings.coins.ids:
+            if await store.latest(coin) is None:
+                log.info("history_missing", coin=coin, command=import_command(coin))
 
     async def _serve(self, store: QuoteStore, task_status: TaskStatus[None]) -> None:
         js = self._nats.jetstream()
