@@ -23,9 +23,13 @@ test: install
 demo: install
 	$(PY) -m cryptostats.demo $(ARGS)
 
+# Benchmarks (not part of test): needs wrk (apt-get install -y wrk).
+bench: install
+	$(PY) -m bench.run $(ARGS)
+
 lint: install
-	$(VENV)/bin/ruff check cryptostats tests
-	$(VENV)/bin/ruff format --check cryptostats tests
+	$(VENV)/bin/ruff check cryptostats tests bench
+	$(VENV)/bin/ruff format --check cryptostats tests bench
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
