@@ -70,3 +70,42 @@ async def test_an_older_batch_leaves_the_latest_alone(store: QuoteStore) -> None
     assert (added, newest) == (3, {})
     assert latest is not None
     assert latest["prices"] == [109.0]
+
+
+async def test_one_batch_advances_the_latest_of_each_of_its_coins(
+    store: QuoteStore,
+) -> None:
+    coins = ["bitcoin", "ethereum", "solana"]
+    await store.save_many([quote(1, coin) for coin in coins])
+
+    added, newest = await store.save_many(
+        [quote(2, "bitcoin"), quote(0, "ethereum"), quote(3, "solana")]
+    )
+    documents = {coin: await store.latest(coin) for coin in coins}
+
+    assert added == 3
+    assert newest == {"bitcoin": quote(2), "solana": quote(3, "solana")}
+    assert documents["bitcoin"]["prices"] == [101.0, 102.0]  # type: ignore[index]
+    assert documents["ethereum"]["prices"] == [101.0]  # type: ignore[index]
+    assert documents["solana"]["prices"] == [101.0, 103.0]  # type: ignore[index]
+
+
+async def test_two_stores_writing_one_coin_keep_its_prices_whole(
+    store: QuoteStore, mongo_uri: str
+) -> None:
+    client: AsyncMongoClient = connect(mongo_uri)
+    other = QuoteStore(client[store.database_name], recent_prices=5)
+    try:
+        await store.save_many([quote(1)])
+        await other.save_many([quote(2)])
+
+        added, newest = await store.save_many([quote(3)])
+        again = await store.save_many([quote(2)])
+    finally:
+        await client.close()
+    latest = await store.latest("bitcoin")
+
+    assert (added, newest) == (1, {"bitcoin": quote(3)})
+    assert again == (0, {})
+    assert latest is not None
+    assert latest["prices"] == [101.0, 102.0, 103.0]
