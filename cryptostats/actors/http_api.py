@@ -43,6 +43,13 @@ MAX_LINE_BYTES = 16 * 1024
 MAX_FIELD_BYTES = 16 * 1024
 
 
+def encoded_json_response(
+    body: bytes, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A response whose JSON body `dumps` already encoded (and kept)."""
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
 class HttpApi:
     """See the module docstring."""
 
@@ -104,7 +111,7 @@ class HttpApi:
         if not_modified(request, observed_at):
             return web.Response(status=304, headers=headers)
 
-        return json_response(body, headers=headers)
+        return encoded_json_response(body, headers)
 
     async def _stats_body(self, coin: str) -> Versioned:
         quote = await self._latest(coin, prices=0)
@@ -116,7 +123,7 @@ class HttpApi:
             "observedAt": quote["observedAt"],
         }
 
-        return quote["observedAt"], (from_iso(quote["observedAt"]), body)
+        return quote["observedAt"], (from_iso(quote["observedAt"]), dumps(body))
 
     async def deviation(self, request: web.Request) -> web.Response:
         """`GET /deviation?coin=&window=`: population std of recent prices."""
@@ -126,18 +133,20 @@ class HttpApi:
             coin, ("deviation", window), lambda: self._deviation_body(coin, window)
         )
 
-        return json_response(body)
+        return encoded_json_response(body)
 
     async def _deviation_body(self, coin: str, window: int) -> Versioned:
         quote = await self._latest(coin, prices=window)
         prices = quote["recentPrices"]
 
-        return quote["observedAt"], {
-            "coin": quote["coin"],
-            "deviation": statistics.pstdev(prices),
-            "window": window,
-            "count": len(prices),
-        }
+        return quote["observedAt"], dumps(
+            {
+                "coin": quote["coin"],
+                "deviation": statistics.pstdev(prices),
+                "window": window,
+                "count": len(prices),
+            }
+        )
 
     async def history(self, request: web.Request) -> web.Response:
         """`GET /history?coin=&limit=&before=`: stored quotes, newest first."""
