@@ -205,7 +205,9 @@ class QuoteStore:
             since = current["observed_at"] if current else None
             newer = _newer_than(quotes, since)
             if not newer:
-                return None
+                # Already ours (an earlier attempt wrote it before failing):
+                # report it again, so the stored notice is not lost.
+                return next((q for q in quotes if q.observed_at == since), None)
             if await self._write_latest(coin, newer, since):
                 self._known[coin] = newer[-1].observed_at
                 return newer[-1]

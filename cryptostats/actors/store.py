@@ -12,7 +12,6 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 from pymongo.errors import PyMongoError
@@ -91,22 +90,14 @@ class Store:
         while True:
             try:
                 batch = await events.fetch(FETCH_BATCH, timeout=1.0)
-            except NatsTimeoutError:
+            except TimeoutError:
+                # nats-py raises its own TimeoutError, or asyncio's when the
+                # deadline passes between its two pull requests.
                 continue
             await self._save_batch(batch, store)
 
     async def _save_batch(self, batch: list[Msg], store: QuoteStore) -> None:
-        quotes: list[Quote] = []
-        valid: list[Msg] = []
-        for msg in batch:
-            try:
-                quotes.append(Quote.from_dict(loads(msg.data)))
-            except ValueError as exc:
-                log.warning("event_malformed", subject=msg.subject, error=str(exc))
-                await msg.term()
-                continue
-            valid.append(msg)
-
+        quotes, valid = await _parse_events(batch)
         try:
             added, newest = await store.save_many(quotes)
         except (PyMongoError, LatestContendedError) as exc:
@@ -152,6 +143,22 @@ class Store:
                 log.exception("query_crashed", subject=msg.subject)
                 reply = {"error": {"code": "internal_error", "message": "query failed"}}
             await msg.respond(dumps(reply))
+
+
+async def _parse_events(batch: list[Msg]) -> tuple[list[Quote], list[Msg]]:
+    """The quotes of a batch and their messages; malformed ones are dropped."""
+    quotes: list[Quote] = []
+    valid: list[Msg] = []
+    for msg in batch:
+        try:
+            quotes.append(Quote.from_dict(loads(msg.data)))
+        except ValueError as exc:
+            log.warning("event_malformed", subject=msg.subject, error=str(exc))
+            await msg.term()
+            continue
+        valid.append(msg)
+
+    return quotes, valid
 
 
 async def _durable_consumer(js: JetStreamContext) -> JetStreamContext.PullSubscription:
