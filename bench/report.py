@@ -9,6 +9,32 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+NOTES = [
+    "## How it was measured",
+    "",
+    "- The bench starts nats-server and SecantusDB with the service's own",
+    "  embedded-server code (`cryptostats.embedded`) and hands their URLs to",
+    "  `python -m cryptostats` through `NATS_URL` / `MONGO_URI`, so that the",
+    "  bench can reach the same servers and measure each process on its own.",
+    "- Seeds and the ingest measure go through the import path: the bench",
+    "  process calls the import command's `publish_history` (request/reply to",
+    "  the service's Publisher, JetStream, the service's Store) and",
+    "  `wait_until_stored`; nothing is written to the database behind the",
+    "  service's back. The seeded quotes are synthetic, 15 minutes apart.",
+    "- The baseline is `bench/baseline.py`: aiohttp, one handler, a fixed",
+    "  JSON body, no middleware. Baseline and service runs alternate, and each",
+    "  row shows the median of its rounds; wrk, the baseline, the service and",
+    "  both servers share the same 2 cores.",
+    "- The half-rate latency uses 32 wrk connections each paced by a fixed",
+    "  delay (wrk's Lua `delay()`), so the achieved rate is a little under",
+    "  the offered one; wrk (not wrk2) does not correct for coordinated",
+    "  omission.",
+    "- The tick is sent on the tick subject by the bench, as the Ticker",
+    "  would; the time runs until the Store's stored notice of the last of",
+    "  the coins.",
+    "",
+]
+
 
 def machine() -> list[str]:
     cpu = "unknown"
@@ -64,6 +90,71 @@ def http_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _growth(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Largest change of service req/s and p99 from the smallest to the
+    largest seeded history, over the endpoints, in percent."""
+    sizes = sorted({row["size"] for row in rows})
+    if len(sizes) < 2:
+        return None
+    by_key = {(row["label"], row["size"]): row["service"] for row in rows}
+    rps, p99 = [], []
+    for label in {row["label"] for row in rows}:
+        small, large = by_key[(label, sizes[0])], by_key[(label, sizes[-1])]
+        rps.append(abs(large["rps"] / small["rps"] - 1) * 100)
+        p99.append(abs(large["p99_ms"] / small["p99_ms"] - 1) * 100)
+    return max(rps), max(p99)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """One line per target of the issue, with what this run measured."""
+    rows = results.get("http", [])
+    lines = ["| target | measured | |", "|---|---|---|"]
+    if rows:
+        worst = min(row["ratio"] for row in rows)
+        lines.append(
+            f"| /stats, /deviation req/s >= 60% of baseline "
+            f"| lowest ratio {worst:.2f} | {_verdict(worst >= 0.6)} |"
+        )
+    paced = results.get("paced", [])
+    if paced:
+        p99 = max(p["p99_ms"] for p in paced)
+        lines.append(
+            f"| p99 <= 10 ms at half the baseline's rate | worst p99 {p99:.2f} ms "
+            f"| {_verdict(p99 <= 10)} |"
+        )
+    growth = _growth(rows)
+    if growth:
+        lines.append(
+            f"| req/s and p99 change < 10% from the smallest to the largest "
+            f"history | req/s {growth[0]:.0f}%, p99 {growth[1]:.0f}% (largest "
+            f"over endpoints) | {_verdict(max(growth) < 10)} |"
+        )
+    tick = results.get("tick")
+    if tick:
+        lines.append(
+            f"| one tick of {tick['coins']} coins < 2 s | median "
+            f"{tick['median_s']} s | {_verdict(tick['median_s'] < 2)} |"
+        )
+    ingest = results.get("ingest")
+    if ingest:
+        lines.append(
+            f"| import >= 50% of bare insert_many | {ingest['ratio']:.2f} "
+            f"| {_verdict(ingest['ratio'] >= 0.5)} |"
+        )
+    end = results.get("rss_end_mb", {}).get("service")
+    if end:
+        start = results.get("rss_after_seed_mb", 0)
+        lines.append(
+            f"| service RSS < 120 MB after the load, no growth | {start:.0f} MB "
+            f"before, {end:.0f} MB after | {_verdict(end < 120)} |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     args = results["args"]
     command = (
@@ -88,6 +179,10 @@ def markdown(results: dict[str, Any]) -> str:
         "## Machine",
         "",
         *machine(),
+        "",
+        "## Targets",
+        "",
+        *targets(results),
         "",
         "## Ingest (history import)",
         "",
@@ -146,5 +241,6 @@ def markdown(results: dict[str, Any]) -> str:
         "- served by this build: "
         + ("yes" if results.get("history_route") else "no (not measured)"),
         "",
+        *NOTES,
     ]
     return "\n".join(lines)

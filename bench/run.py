@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tick-coins", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: write --out from an earlier run's results.json",
+    )
     return parser.parse_args(argv)
 
 
@@ -276,7 +282,13 @@ async def _has_history(url: str, coin: str) -> bool:
 
 
 def main() -> None:
-    asyncio.run(run(parse_args()))
+    args = parse_args()
+    if args.report_only is not None:
+        results = json.loads(args.report_only.read_text())
+        args.out.write_text(report.markdown(results))
+        return
+
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
