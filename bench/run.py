@@ -91,6 +91,9 @@ cron = "0 0 1 1 *"
 tick_at_start = false
 [coins]
 ids = [{ids}]
+[coingecko]
+# The fake on loopback has no rate limit to respect.
+calls_per_minute = 60000
 [nats]
 request_timeout_s = 30.0
 [mongo]
@@ -132,6 +135,7 @@ def http_targets(sizes: dict[int, str]) -> list[tuple[str, int, str]]:
             ("/stats", size, f"/stats?coin={coin}"),
             ("/deviation window=10", size, f"/deviation?coin={coin}&window=10"),
             ("/deviation window=1000", size, f"/deviation?coin={coin}&window=1000"),
+            ("/history", size, f"/history?coin={coin}"),
         ]
     return targets
 
