@@ -89,15 +89,15 @@ class ReadCache:
     async def following(self) -> AsyncIterator[None]:
         """Listen to the Store's notices for the length of a block.
 
-        The subscription is in place before the block starts, so nothing
-        loaded inside the block can miss a notice.
+        The subscription goes out on the connection before any query made
+        inside the block, and NATS keeps one connection's order, so no
+        notice of a write that a reply did not see can be missed.
         """
         wildcard = f"{subjects.STORED_PREFIX}.*"
         async with (
             subscription(self._nats, wildcard) as sub,
             anyio.create_task_group() as group,
         ):
-            await self._nats.flush()
             group.start_soon(self._listen, sub.messages)
             try:
                 yield
