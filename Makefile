@@ -23,6 +23,10 @@ test: install
 demo: install
 	$(PY) -m cryptostats.demo $(ARGS)
 
+# Benchmarks (not part of test): needs wrk (apt-get install -y wrk).
+bench: install
+	$(PY) -m bench.run $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check cryptostats tests
 	$(VENV)/bin/ruff format --check cryptostats tests

@@ -1,9 +1,10 @@
 """The CoinGecko client: batched `/simple/price` calls, retries, validation.
 
-Only the Fetcher uses it. Every call goes through a call budget that spaces
-calls evenly within the plan's calls per minute and holds them back after a
-429. An answer becomes quotes only after each value is checked; anything
-doubtful is counted, logged and dropped, never stored.
+The Fetcher uses it; the history import also reads `/coins/{id}/market_chart`.
+Every call goes through a call budget that spaces calls evenly within the
+plan's calls per minute and holds them back after a 429. An answer becomes
+quotes only after each value is checked; anything doubtful is counted, logged
+and dropped, never stored.
 """
 
 from __future__ import annotations
@@ -487,6 +488,32 @@ class CoinGeckoClient:
             raise ApiKeyRejectedError(
                 self._settings.plan.value, self.host, answer.status, _advice(code)
             )
+
+    async def market_chart(self, coin: str, vs_currency: str, days: int) -> Any:
+        """The JSON body of `/coins/{coin}/market_chart`, unchecked.
+
+        Raises:
+            ApiKeyRejectedError: the key is wrong, or sent to the wrong host.
+            UpstreamError: no usable answer after the retries.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.attempts),
+            wait=self._wait_before_retry,
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        params = {"vs_currency": vs_currency, "days": str(days)}
+        async for attempt in retrying:
+            with attempt:
+                await self.budget.acquire()
+                try:
+                    body, _ = await self._get(f"/coins/{coin}/market_chart", params)
+                except UpstreamRateLimitedError as exc:
+                    self._note_rate_limit(exc)
+                    raise
+
+        return body
 
 
 def _error_code(text: str) -> int | None:

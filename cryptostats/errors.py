@@ -98,3 +98,21 @@ class CallDeferredError(UpstreamError):
     def __init__(self, wait_s: float) -> None:
         super().__init__(f"next coingecko call must wait {wait_s:.1f}s")
         self.wait_s = wait_s
+
+
+class LatestContendedError(CryptostatsError, RuntimeError):
+    """A coin's latest document kept changing under our compare-and-set."""
+
+    def __init__(self, coin: str, attempts: int) -> None:
+        super().__init__(f"latest of {coin} changed during {attempts} attempts")
+        self.coin = coin
+        self.attempts = attempts
+
+
+class ImportFailedError(CryptostatsError, RuntimeError):
+    """A history import could not read its source or hand its quotes on."""
+
+    def __init__(self, coin: str, reason: str) -> None:
+        super().__init__(f"history import of {coin} failed: {reason}")
+        self.coin = coin
+        self.reason = reason

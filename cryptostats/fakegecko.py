@@ -1,7 +1,8 @@
-"""A local stand-in for CoinGecko's `/api/v3/simple/price`.
+"""A local stand-in for CoinGecko's `/api/v3/simple/price` and `market_chart`.
 
 It replays recorded history one point per request, for tests, the offline demo
-and benchmarks. Run `python -m cryptostats.fakegecko --help` for the command.
+and benchmarks, and serves recorded `/coins/{id}/market_chart` bodies.
+Run `python -m cryptostats.fakegecko --help` for the command.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _BUNDLED_FILES = {
     "ethereum": "eth-usd-max.csv",
     "solana": "sol-usd-max.csv",
 }
+_BUNDLED_MARKET_CHARTS = {"bitcoin": "bitcoin-market-chart-30d.json"}
 _SNAPPED_AT_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 _PING_BODY = {"gecko_says": "(V3) To the Moon!"}
 
@@ -89,6 +91,22 @@ def bundled_history(coin_id: str) -> list[Point]:
         ValueError: no history is bundled for `coin_id`.
     """
     return list(_bundled_history(coin_id))
+
+
+def bundled_market_chart(coin_id: str) -> dict[str, Any]:
+    """Return the recorded `/coins/{id}/market_chart` body of one coin.
+
+    Raises:
+        ValueError: no market chart is bundled for `coin_id`.
+    """
+    name = _BUNDLED_MARKET_CHARTS.get(coin_id)
+    if name is None:
+        raise ValueError(f"no bundled market chart for {coin_id!r}")
+
+    data = resources.files(__package__ or "cryptostats") / "data" / name
+    body: dict[str, Any] = json.loads(data.read_text(encoding="utf-8"))
+
+    return body
 
 
 def bundled_feed(coin_id: str, on_or_after: date | datetime | None = None) -> Feed:
@@ -211,12 +229,17 @@ class FakeCoinGecko:
 
     Attributes:
         feeds: the feed of each coin id.
+        market_charts: the `/coins/{id}/market_chart` body of each coin id;
+            by default the recorded 30 days of bitcoin, whatever `days` asks.
         requests: every request received, in order, whatever its path.
         delay_s: seconds to wait before every answer.
     """
 
     def __init__(self, feeds: Mapping[str, Feed], delay_s: float = 0.0) -> None:
         self.feeds = dict(feeds)
+        self.market_charts: dict[str, Any] = {
+            coin: bundled_market_chart(coin) for coin in _BUNDLED_MARKET_CHARTS
+        }
         self.requests: list[RecordedRequest] = []
         self.delay_s = delay_s
         self._script: deque[_ScriptedAnswer] = deque()
@@ -270,8 +293,9 @@ class FakeCoinGecko:
     ) -> None:
         """Script the answer to the next request not already scripted.
 
-        Scripted answers are served first in, first out to `/simple/price`
-        and `/ping` requests, before any feed is consulted or advanced.
+        Scripted answers are served first in, first out to `/simple/price`,
+        `/coins/{id}/market_chart` and `/ping` requests, before any feed is
+        consulted or advanced.
 
         Args:
             status: the HTTP status.
@@ -345,6 +369,11 @@ class FakeCoinGecko:
         app.router.add_get(
             f"{API_PREFIX}/simple/price", self._simple_price, allow_head=False
         )
+        app.router.add_get(
+            f"{API_PREFIX}/coins/{{coin}}/market_chart",
+            self._market_chart,
+            allow_head=False,
+        )
 
         return app
 
@@ -360,6 +389,20 @@ class FakeCoinGecko:
 
     async def _simple_price(self, request: web.Request) -> web.StreamResponse:
         return await self._answer(lambda: self._price_response(request))
+
+    async def _market_chart(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(lambda: self._market_chart_response(request))
+
+    def _market_chart_response(self, request: web.Request) -> web.Response:
+        if not request.query.get("vs_currency"):
+            return _error_response("Missing parameter vs_currency")
+        if not request.query.get("days"):
+            return _error_response("Missing parameter days")
+        body = self.market_charts.get(request.match_info["coin"])
+        if body is None:
+            return web.json_response({"error": "coin not found"}, status=404)
+
+        return web.json_response(body)
 
     async def _answer(self, build: Callable[[], web.Response]) -> web.Response:
         # The script and the feeds are consumed on arrival, before any delay,

@@ -2,6 +2,7 @@
 
 `python -m cryptostats` runs all five actors; `--actors` runs any subset,
 so the same program can be split across processes and machines.
+`python -m cryptostats import ...` fills stored history instead.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from cryptostats.actors.publisher import Publisher
 from cryptostats.actors.store import Store
 from cryptostats.actors.ticker import Ticker
 from cryptostats.config import ACTOR_NAMES, Settings, load_settings
-from cryptostats.errors import ConfigError, CryptostatsError
+from cryptostats.errors import ConfigError, CryptostatsError, ImportFailedError
+from cryptostats.history_import import ImportPlan, ImportReport
 from cryptostats.logs import configure_logging
 from cryptostats.supervisor import Actor, Supervisor
 
@@ -77,7 +79,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_import_command(commands)
     return parser.parse_args(argv)
+
+
+def _add_import_command(commands: Any) -> None:
+    command = commands.add_parser(
+        "import",
+        help="fill stored history from CoinGecko, then exit",
+        description="Store past quotes through the Publisher and the Store. "
+        "Running it twice stores nothing new. With embedded servers, stop "
+        "the service first: both would use the same data dir.",
+    )
+    source = command.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--csv", type=Path, help="a CoinGecko CSV export of one coin (needs --coin)"
+    )
+    source.add_argument(
+        "--market-chart",
+        action="store_true",
+        help="fetch /coins/{id}/market_chart for each coin",
+    )
+    command.add_argument(
+        "--coin",
+        action="append",
+        help="coin id; repeatable (default for --market-chart: configured coins)",
+    )
+    command.add_argument(
+        "--days", type=int, default=30, help="market chart days (default 30)"
+    )
+    command.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -120,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.error("config_invalid", error=str(exc))
         sys.exit(EXIT_CONFIG)
 
+    if args.command == "import":
+        sys.exit(anyio.run(run_import_command, settings, args))
     sys.exit(anyio.run(run_service, settings, started))
 
 
@@ -145,6 +179,55 @@ async def run_service(settings: Settings, started: float) -> int:
         if any(isinstance(error, ConfigError) for error in leaves):
             return EXIT_CONFIG
         return EXIT_CRASHED
+
+
+async def run_import_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run `import` as the command line asked.
+
+    Returns:
+        The process exit code: 0 once every quote is stored.
+    """
+    try:
+        plan = ImportPlan.from_args(args, settings)
+    except ImportFailedError as exc:
+        log.error("import_invalid", error=str(exc))
+        return EXIT_CONFIG
+
+    try:
+        report = await run_import(settings, plan)
+    except (CryptostatsError, ExceptionGroup) as exc:
+        for error in _leaves(exc):
+            kind = type(error).__name__
+            log.error("import_failed", error=str(error), error_type=kind)
+        return EXIT_CRASHED
+
+    log.info("history_imported", **vars(report))
+    return 0
+
+
+async def run_import(settings: Settings, plan: ImportPlan) -> ImportReport:
+    """Start the servers, a Publisher and a Store, and import `plan`.
+
+    Returns:
+        What was read, published, and already held.
+
+    Raises:
+        ImportFailedError: a source could not be read or handed on.
+        EmbeddedServerError: an embedded server did not start.
+    """
+    service = settings.service.model_copy(update={"actors": ("publisher", "store")})
+    settings = settings.model_copy(update={"service": service})
+    async with AsyncExitStack() as stack:
+        settings = await start_embedded_servers(settings, stack)
+        client = await connect_nats(settings.nats.url)
+        stack.push_async_callback(_drain, client)
+        supervisor = build_supervisor(settings, client)
+        async with anyio.create_task_group() as group:
+            await group.start(supervisor.run)
+            try:
+                return await plan.run(client, settings)
+            finally:
+                await supervisor.stop()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

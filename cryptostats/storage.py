@@ -15,14 +15,16 @@ would cost as much as the whole history of the coin.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
+from cryptostats.errors import LatestContendedError
 from cryptostats.messages import Quote
 
 DUPLICATE_KEY = 11000
@@ -31,6 +33,8 @@ HISTORY_START = datetime(2009, 1, 3, tzinfo=UTC)
 # A window grows at most this much from one read to the next.
 MAX_WINDOW_GROWTH = 8.0
 MIN_WINDOW_S = 1.0
+LATEST_ATTEMPTS = 5
+IN_QUERY_LIMIT = 32
 
 
 def connect(uri: str, timeout_s: float = 5.0) -> AsyncMongoClient[dict[str, Any]]:
@@ -55,6 +59,13 @@ class QuoteStore:
         self._quotes = database["quotes"]
         self._latest = database["latest"]
         self._recent_prices = recent_prices
+        # The observed time of each coin's latest as this Store last saw it.
+        self._known: dict[str, datetime] = {}
+
+    @property
+    def database_name(self) -> str:
+        """The name of the database this store writes to."""
+        return self._quotes.database.name
 
     async def ensure_indexes(self) -> None:
         """Create the unique history index (a no-op when it exists)."""
@@ -69,75 +80,207 @@ class QuoteStore:
         )
 
     async def save(self, quote: Quote) -> tuple[bool, bool]:
-        """Store `quote` in the history and, if it is newer, as the latest.
-
-        Safe to repeat: a quote already stored changes nothing.
+        """Store one quote; see `save_many`.
 
         Returns:
             (added to history, became the coin's latest).
 
         Raises:
+            pymongo.errors.PyMongoError: the database failed.
+            LatestContendedError: see `save_many`.
+        """
+        added, newest = await self.save_many([quote])
+
+        return added == 1, quote.coin in newest
+
+    async def save_many(self, quotes: Sequence[Quote]) -> tuple[int, dict[str, Quote]]:
+        """Store quotes in the history and advance each coin's latest.
+
+        Safe to repeat: a quote already stored changes nothing. The history
+        is written with one unordered bulk insert; each coin's latest takes
+        the batch's quotes newer than it in one update.
+
+        Returns:
+            (quotes added to history, the new latest quote of each coin
+            whose latest advanced).
+
+        Raises:
             pymongo.errors.PyMongoError: the database failed; nothing is lost
                 by calling again.
+            LatestContendedError: other writers kept moving a latest; nothing
+                is lost by calling again.
         """
-        added = await self._insert_history(quote)
-        newest = await self._advance_latest(quote)
-        await self._remember_price(quote)
+        added = await self._insert_history(quotes)
+        by_coin: dict[str, list[Quote]] = {}
+        for quote in quotes:
+            by_coin.setdefault(quote.coin, []).append(quote)
+
+        newest, contended = await self._advance_latest_together(by_coin)
+        for coin in contended:
+            advanced = await self._advance_latest(coin, by_coin[coin])
+            if advanced is not None:
+                newest[coin] = advanced
+        await self._remember_prices(by_coin)
 
         return added, newest
 
-    async def _insert_history(self, quote: Quote) -> bool:
-        document = {
-            "coin": quote.coin,
-            "vs_currency": quote.vs_currency,
-            "price": quote.price,
-            "market_cap": quote.market_cap,
-            "change_24h": quote.change_24h,
-            "observed_at": quote.observed_at,
-            "fetched_at": quote.fetched_at,
+    async def _advance_latest_together(
+        self, by_coin: dict[str, list[Quote]]
+    ) -> tuple[dict[str, Quote], set[str]]:
+        # One bulk write for every coin of the batch, each a compare-and-set
+        # on the observed time this Store last wrote or read; a coin whose
+        # latest another writer moved is left to the one-coin path.
+        since = await self._since(list(by_coin))
+        plans = {
+            coin: newer
+            for coin, quotes in by_coin.items()
+            if (newer := _newer_than(quotes, since.get(coin)))
         }
-        try:
-            await self._quotes.insert_one(document)
-        except DuplicateKeyError:
-            return False
+        if not plans:
+            return {}, set()
 
-        return True
-
-    async def _advance_latest(self, quote: Quote) -> bool:
-        # Matches only when our quote is newer; otherwise the upsert tries to
-        # insert a second document with this _id and fails with 11000.
+        operations = [
+            self._latest_operation(coin, newer, since.get(coin))
+            for coin, newer in plans.items()
+        ]
         try:
-            await self._latest.update_one(
-                {"_id": quote.coin, "observed_at": {"$lt": quote.observed_at}},
-                {
-                    "$set": {
-                        "vs_currency": quote.vs_currency,
-                        "price": quote.price,
-                        "market_cap": quote.market_cap,
-                        "change_24h": quote.change_24h,
-                        "observed_at": quote.observed_at,
-                        "fetched_at": quote.fetched_at,
-                    }
-                },
-                upsert=True,
+            result = await self._latest.bulk_write(operations, ordered=False)
+            complete = result.inserted_count + result.matched_count == len(plans)
+        except BulkWriteError as exc:
+            if not _only_duplicates(exc):
+                raise
+            complete = False
+
+        written = {coin: newer[-1] for coin, newer in plans.items()}
+        if not complete:
+            after = await self._observed_at_of(list(plans))
+            written = {
+                coin: last
+                for coin, last in written.items()
+                if after.get(coin) == last.observed_at
+            }
+        for coin in plans:
+            self._known.pop(coin, None)
+        self._known |= {coin: last.observed_at for coin, last in written.items()}
+
+        return written, set(plans) - set(written)
+
+    async def _since(self, coins: list[str]) -> dict[str, datetime]:
+        unknown = [coin for coin in coins if coin not in self._known]
+        if unknown:
+            self._known |= await self._observed_at_of(unknown)
+
+        return {coin: self._known[coin] for coin in coins if coin in self._known}
+
+    async def _observed_at_of(self, coins: list[str]) -> dict[str, datetime]:
+        # SecantusDB answers a long $in far slower than a scan of this small
+        # collection (0.87 s against 0.05 s for 1,000 coins).
+        wanted = set(coins)
+        query = {"_id": {"$in": coins}} if len(coins) <= IN_QUERY_LIMIT else {}
+        cursor = self._latest.find(query, {"observed_at": 1})
+        return {
+            document["_id"]: document["observed_at"]
+            async for document in cursor
+            if document["_id"] in wanted
+        }
+
+    async def _insert_history(self, quotes: Sequence[Quote]) -> int:
+        if not quotes:
+            return 0
+
+        try:
+            result = await self._quotes.insert_many(
+                [_history_document(quote) for quote in quotes], ordered=False
             )
-        except DuplicateKeyError:
-            return False
+        except BulkWriteError as exc:
+            if not _only_duplicates(exc):
+                raise
+            return int(exc.details.get("nInserted", 0))
 
-        return True
+        return len(result.inserted_ids)
 
-    async def _remember_price(self, quote: Quote) -> None:
-        # Kept sorted by observed time, so a quote that arrives after a newer
-        # one (redelivered, or from another Store replica) still takes its
-        # place; a quote already in the list fails the filter.
-        await self._latest.update_one(
-            {"_id": quote.coin, "recent.observed_at": {"$ne": quote.observed_at}},
+    async def _advance_latest(self, coin: str, quotes: list[Quote]) -> Quote | None:
+        # Compare-and-set on the observed time read first: if another writer
+        # moved the latest in between, the write misses and we read again.
+        for _ in range(LATEST_ATTEMPTS):
+            current = await self._latest.find_one({"_id": coin}, {"observed_at": 1})
+            since = current["observed_at"] if current else None
+            newer = _newer_than(quotes, since)
+            if not newer:
+                # Already ours (an earlier attempt wrote it before failing):
+                # report it again, so the stored notice is not lost.
+                return next((q for q in quotes if q.observed_at == since), None)
+            if await self._write_latest(coin, newer, since):
+                self._known[coin] = newer[-1].observed_at
+                return newer[-1]
+
+        raise LatestContendedError(coin, LATEST_ATTEMPTS)
+
+    async def _write_latest(
+        self, coin: str, newer: list[Quote], since: datetime | None
+    ) -> bool:
+        operation = self._latest_operation(coin, newer, since)
+        try:
+            result = await self._latest.bulk_write([operation])
+        except BulkWriteError as exc:
+            if _only_duplicates(exc):
+                return False
+            raise
+
+        return result.inserted_count + result.matched_count == 1
+
+    def _latest_operation(
+        self, coin: str, newer: list[Quote], since: datetime | None
+    ) -> InsertOne[dict[str, Any]] | UpdateOne:
+        """Insert the first latest of a coin, or move it on from `since`."""
+        last = newer[-1]
+        fields = {
+            "vs_currency": last.vs_currency,
+            "price": last.price,
+            "market_cap": last.market_cap,
+            "change_24h": last.change_24h,
+            "observed_at": last.observed_at,
+            "fetched_at": last.fetched_at,
+        }
+        if since is None:
+            return InsertOne({"_id": coin, **fields, "recent": []})
+
+        return UpdateOne({"_id": coin, "observed_at": since}, {"$set": fields})
+
+    async def _remember_prices(self, by_coin: dict[str, list[Quote]]) -> None:
+        # The recent list is kept sorted by observed time, so a quote that
+        # arrives after a newer one (redelivered, or from another Store
+        # replica) still takes its place. One update per coin adds the
+        # batch's quotes when none of them is in the list yet; otherwise
+        # (a redelivery) each quote is added alone unless already there.
+        operations = [
+            self._recent_operation(coin, _newer_than(quotes, None))
+            for coin, quotes in by_coin.items()
+        ]
+        if not operations:
+            return
+
+        result = await self._latest.bulk_write(operations, ordered=False)
+        if result.matched_count == len(operations):
+            return
+
+        for quotes in by_coin.values():
+            for quote in quotes:
+                await self._latest.bulk_write(
+                    [self._recent_operation(quote.coin, [quote])]
+                )
+
+    def _recent_operation(self, coin: str, quotes: list[Quote]) -> UpdateOne:
+        entries = [{"observed_at": q.observed_at, "price": q.price} for q in quotes]
+        return UpdateOne(
+            {
+                "_id": coin,
+                "recent.observed_at": {"$nin": [q.observed_at for q in quotes]},
+            },
             {
                 "$push": {
                     "recent": {
-                        "$each": [
-                            {"observed_at": quote.observed_at, "price": quote.price}
-                        ],
+                        "$each": entries,
                         "$sort": {"observed_at": ASCENDING},
                         "$slice": -self._recent_prices,
                     }
@@ -242,3 +385,32 @@ def next_span_s(span_s: float, found: int, still_wanted: int) -> float:
     estimate = span_s * still_wanted / found * 1.25
 
     return max(MIN_WINDOW_S, min(estimate, span_s * MAX_WINDOW_GROWTH))
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    errors = exc.details.get("writeErrors", [])
+    concern = exc.details.get("writeConcernErrors", [])
+    return not concern and all(error.get("code") == DUPLICATE_KEY for error in errors)
+
+
+def _history_document(quote: Quote) -> dict[str, Any]:
+    return {
+        "coin": quote.coin,
+        "vs_currency": quote.vs_currency,
+        "price": quote.price,
+        "market_cap": quote.market_cap,
+        "change_24h": quote.change_24h,
+        "observed_at": quote.observed_at,
+        "fetched_at": quote.fetched_at,
+    }
+
+
+def _newer_than(quotes: list[Quote], since: datetime | None) -> list[Quote]:
+    """The quotes observed after `since`, oldest first, one per observed time."""
+    by_time = {
+        quote.observed_at: quote
+        for quote in reversed(quotes)
+        if since is None or quote.observed_at > since
+    }
+
+    return [by_time[moment] for moment in sorted(by_time)]

@@ -26,6 +26,9 @@ STORE_CONSUMER = "cryptostats-store"
 
 # Store -> anyone: a notice after a newer quote became a coin's latest.
 STORED_PREFIX = f"{PREFIX}.stored"
+# Store -> anyone: the database refused a write (sent on each failed try),
+# so answers remembered from before may be out of date.
+STORE_UNAVAILABLE = f"{PREFIX}.store.unavailable"
 
 # HttpApi -> Store (request/reply): every query the Store answers.
 QUERY_PREFIX = f"{PREFIX}.query"

@@ -184,6 +184,9 @@ async def test_database_outage_keeps_events_in_the_stream_and_api_answers_503(
             await wait_for(lambda: stats_price(running.http_url, "bitcoin"))
             await database.stop()
             await wait_for(lambda: _fetched_all(short_gecko))
+            # HttpApi answers from memory until the Store's first failed
+            # write tells it the database is gone.
+            await wait_for(lambda: _stats_status_is(running.http_url, 503))
 
             started = time.monotonic()
             answers = [
@@ -206,6 +209,11 @@ async def test_database_outage_keeps_events_in_the_stream_and_api_answers_503(
         assert "database" in body["error"]["message"]
     assert elapsed_s < 2 * settings.http.query_timeout_s
     assert price == 40500.0
+
+
+async def _stats_status_is(http_url: str, expected: int) -> bool:
+    status, _ = await get_json(f"{http_url}/stats?coin=bitcoin")
+    return status == expected
 
 
 async def _fetched_all(fake: FakeCoinGecko) -> bool:

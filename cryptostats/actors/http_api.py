@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext
+from cryptostats.actors.read_cache import ReadCache, Versioned
 from cryptostats.messages import dumps, from_iso, loads, to_iso
 from cryptostats.web import docs
 from cryptostats.web.caching import cache_headers, not_modified
@@ -42,6 +43,13 @@ MAX_LINE_BYTES = 16 * 1024
 MAX_FIELD_BYTES = 16 * 1024
 
 
+def encoded_json_response(
+    body: bytes, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A response whose JSON body `dumps` already encoded (and kept)."""
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
 class HttpApi:
     """See the module docstring."""
 
@@ -53,6 +61,7 @@ class HttpApi:
         self._states = context.states
         self._tracked = frozenset(context.settings.coins.tracked)
         self._openapi = dumps(openapi_document())
+        self._reads = ReadCache(context.nats)
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
@@ -81,44 +90,56 @@ class HttpApi:
         try:
             http = self._settings.http
             site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
-            await site.start()
-            log.info("http_listening", url=f"http://{http.host}:{http.port}")
-            task_status.started()
-            await anyio.sleep_forever()
+            async with self._reads.following():
+                await site.start()
+                log.info("http_listening", url=f"http://{http.host}:{http.port}")
+                task_status.started()
+                await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
         """`GET /stats?coin=`: the latest price, market cap and 24 h change."""
-        coin = parse_coin(request)
-        quote = await self._latest(coin, prices=0)
-        observed_at = from_iso(quote["observedAt"])
+        coin = self._canonical_tracked(parse_coin(request))
+        observed_at, body = await self._reads.get(
+            coin, "stats", lambda: self._stats_body(coin)
+        )
         headers = cache_headers(
             observed_at, self._settings.schedule.cron, datetime.now(UTC)
         )
         if not_modified(request, observed_at):
             return web.Response(status=304, headers=headers)
 
-        return json_response(
-            {
-                "coin": quote["coin"],
-                "price": quote["price"],
-                "marketCap": quote["marketCap"],
-                "24hChange": quote["24hChange"],
-                "observedAt": quote["observedAt"],
-            },
-            headers=headers,
-        )
+        return encoded_json_response(body, headers)
+
+    async def _stats_body(self, coin: str) -> Versioned:
+        quote = await self._latest(coin, prices=0)
+        body = {
+            "coin": quote["coin"],
+            "price": quote["price"],
+            "marketCap": quote["marketCap"],
+            "24hChange": quote["24hChange"],
+            "observedAt": quote["observedAt"],
+        }
+
+        return quote["observedAt"], (from_iso(quote["observedAt"]), dumps(body))
 
     async def deviation(self, request: web.Request) -> web.Response:
         """`GET /deviation?coin=&window=`: population std of recent prices."""
-        coin = parse_coin(request)
+        coin = self._canonical_tracked(parse_coin(request))
         window = parse_window(request)
+        body = await self._reads.get(
+            coin, ("deviation", window), lambda: self._deviation_body(coin, window)
+        )
+
+        return encoded_json_response(body)
+
+    async def _deviation_body(self, coin: str, window: int) -> Versioned:
         quote = await self._latest(coin, prices=window)
         prices = quote["recentPrices"]
 
-        return json_response(
+        return quote["observedAt"], dumps(
             {
                 "coin": quote["coin"],
                 "deviation": statistics.pstdev(prices),

@@ -8,6 +8,8 @@ only after the stream acknowledged every quote.
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
@@ -69,22 +71,27 @@ class Publisher:
             await msg.respond(dumps({"ok": False, "error": str(exc)}))
             return
 
-        duplicates = 0
         try:
-            for quote in quotes:
-                ack = await js.publish(
-                    subjects.price_subject(quote.coin, quote.vs_currency),
-                    dumps(quote.to_dict()),
-                    headers={"Nats-Msg-Id": quote.msg_id},
-                    timeout=self._settings.request_timeout_s,
+            # One connection writes in call order, so the stream keeps the
+            # batch's order while the acknowledgements overlap.
+            acks = await asyncio.gather(
+                *(
+                    js.publish(
+                        subjects.price_subject(quote.coin, quote.vs_currency),
+                        dumps(quote.to_dict()),
+                        headers={"Nats-Msg-Id": quote.msg_id},
+                        timeout=self._settings.request_timeout_s,
+                    )
+                    for quote in quotes
                 )
-                duplicates += bool(ack.duplicate)
+            )
         except NatsError as exc:
             # No reply: the Fetcher retries the batch, and message ids keep
             # the quotes already published from being stored twice.
             log.warning("publish_failed", error=repr(exc), quotes=len(quotes))
             return
 
+        duplicates = sum(bool(ack.duplicate) for ack in acks)
         log.info("quotes_published", quotes=len(quotes), duplicates=duplicates)
         await msg.respond(
             dumps({"ok": True, "published": len(quotes), "duplicates": duplicates})

@@ -25,6 +25,8 @@ from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.publisher import ensure_price_stream
 from cryptostats.actors.store_queries import answer_query
+from cryptostats.errors import LatestContendedError
+from cryptostats.history_import import import_command
 from cryptostats.messages import Quote, dumps, loads
 from cryptostats.storage import QuoteStore, connect
 
@@ -55,11 +57,19 @@ class Store:
                 self._settings.mongo.recent_prices,
             )
             await store.ensure_indexes()
+            await self._offer_import(store)
             await self._serve(store, task_status)
         finally:
             with anyio.CancelScope(shield=True):
                 await client.close()
             log.info("database_closed")
+
+    async def _offer_import(self, store: QuoteStore) -> None:
+        # A coin with no history leaves /deviation empty for hours: say how
+        # to fill it now.
+        for coin in self._settings.coins.ids:
+            if await store.latest(coin) is None:
+                log.info("history_missing", coin=coin, command=import_command(coin))
 
     async def _serve(self, store: QuoteStore, task_status: TaskStatus[None]) -> None:
         js = self._nats.jetstream()
@@ -89,45 +99,46 @@ class Store:
             try:
                 batch = await events.fetch(FETCH_BATCH, timeout=1.0)
             except TimeoutError:
-                # nats-py raises its own TimeoutError, and under load also
-                # the builtin one (its deadline ran out between two pulls).
+                # nats-py raises its own TimeoutError, or asyncio's when the
+                # deadline passes between its two pull requests.
                 continue
-            for index, msg in enumerate(batch):
-                try:
-                    await self._save(msg, store)
-                except anyio.get_cancelled_exc_class():
-                    await _hand_back(self._nats, batch[index:])
-                    raise
+            try:
+                await self._save_batch(batch, store)
+            except anyio.get_cancelled_exc_class():
+                await _hand_back(self._nats, batch)
+                raise
 
-    async def _save(self, msg: Msg, store: QuoteStore) -> None:
-        try:
-            quote = Quote.from_dict(loads(msg.data))
-        except ValueError as exc:
-            log.warning("event_malformed", subject=msg.subject, error=str(exc))
-            await msg.term()
-            return
+    async def _save_batch(self, batch: list[Msg], store: QuoteStore) -> None:
+        quotes, valid = await _parse_events(batch)
+        added, newest = await self._save_until_done(valid, quotes, store)
 
-        added, newest = await self._save_until_done(msg, quote, store)
-        await msg.ack()
-        metrics.QUOTES_STORED.labels(outcome="new" if added else "duplicate").inc()
-        log.debug("quote_stored", coin=quote.coin, added=added, newest=newest)
-        if newest:
-            await self._nats.publish(subjects.stored_subject(quote.coin), msg.data)
+        # Acknowledged only now that every quote of the batch is written.
+        for msg in valid:
+            await msg.ack()
+        metrics.QUOTES_STORED.labels(outcome="new").inc(added)
+        metrics.QUOTES_STORED.labels(outcome="duplicate").inc(len(quotes) - added)
+        log.debug("quotes_stored", quotes=len(quotes), added=added, coins=len(newest))
+        for coin, quote in newest.items():
+            await self._nats.publish(
+                subjects.stored_subject(coin), dumps(quote.to_dict())
+            )
 
     async def _save_until_done(
-        self, msg: Msg, quote: Quote, store: QuoteStore
-    ) -> tuple[bool, bool]:
-        # Retrying in place, rather than nak-ing, keeps events in stream
-        # order: a newer quote stored first would keep an older one out of
-        # the recent-price list.
+        self, msgs: list[Msg], quotes: list[Quote], store: QuoteStore
+    ) -> tuple[int, dict[str, Quote]]:
+        # Retrying in place, rather than nak-ing, keeps the batch whole and
+        # in stream order while the database is away.
         while True:
             try:
-                return await store.save(quote)
-            except PyMongoError as exc:
+                return await store.save_many(quotes)
+            except (PyMongoError, LatestContendedError) as exc:
                 log.warning(
-                    "store_unavailable", coin=quote.coin, error=type(exc).__name__
+                    "store_unavailable", quotes=len(quotes), error=type(exc).__name__
                 )
-            await msg.in_progress()
+                reason = {"error": type(exc).__name__}
+                await self._nats.publish(subjects.STORE_UNAVAILABLE, dumps(reason))
+            for msg in msgs:
+                await msg.in_progress()
             await anyio.sleep(RETRY_DELAY_S)
 
     async def _answer(
@@ -156,6 +167,22 @@ class Store:
             await msg.respond(dumps(reply))
 
 
+async def _parse_events(batch: list[Msg]) -> tuple[list[Quote], list[Msg]]:
+    """The quotes of a batch and their messages; malformed ones are dropped."""
+    quotes: list[Quote] = []
+    valid: list[Msg] = []
+    for msg in batch:
+        try:
+            quotes.append(Quote.from_dict(loads(msg.data)))
+        except ValueError as exc:
+            log.warning("event_malformed", subject=msg.subject, error=str(exc))
+            await msg.term()
+            continue
+        valid.append(msg)
+
+    return quotes, valid
+
+
 async def _durable_consumer(js: JetStreamContext) -> JetStreamContext.PullSubscription:
     config = ConsumerConfig(
         durable_name=subjects.STORE_CONSUMER,
@@ -173,7 +200,7 @@ async def _durable_consumer(js: JetStreamContext) -> JetStreamContext.PullSubscr
 
 async def _hand_back(nats: NatsClient, messages: list[Msg]) -> None:
     """Return unstored events to the stream at once, rather than after
-    ACK_WAIT_S, when the Store stops."""
+    ACK_WAIT_S, when the Store stops. Acknowledged ones refuse quietly."""
     with anyio.CancelScope(shield=True):
         for msg in messages:
             if nats.is_closed:

@@ -17,12 +17,25 @@ def cache_headers(observed_at: datetime, cron: str, now: datetime) -> dict[str, 
     A new quote can only arrive after the next tick, so until then a cached
     answer is as good as a fresh one.
     """
-    max_age_s = math.ceil((next_tick(cron, now) - now).total_seconds())
+    max_age_s = math.ceil((_upcoming_tick(cron, now) - now).total_seconds())
 
     return {
         "Cache-Control": f"public, max-age={max(0, max_age_s)}",
         "Last-Modified": http_date(observed_at),
     }
+
+
+_upcoming: dict[str, datetime] = {}
+
+
+def _upcoming_tick(cron: str, now: datetime) -> datetime:
+    # The next tick stays the same until it passes; computing it costs more
+    # than the rest of a /stats answer served from memory.
+    moment = _upcoming.get(cron)
+    if moment is None or moment <= now:
+        moment = _upcoming[cron] = next_tick(cron, now)
+
+    return moment
 
 
 def http_date(moment: datetime) -> str:

@@ -1,0 +1,299 @@
+"""The benchmark suite: `make bench` (or `.venv/bin/python -m bench.run --help`).
+
+Starts nats-server and SecantusDB (the service's own embedded servers), the
+service as `python -m cryptostats`, a bare aiohttp baseline, and a fake
+CoinGecko, all on loopback; seeds history through the service's ingest path;
+drives the API with wrk, alternating baseline and service; measures one tick
+of many coins; writes BENCHMARKS.md. Every target is a ratio in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import ingest, report, ticks
+from bench.procs import Meter, rss_mb
+from bench.wrk import require_wrk, run_wrk
+from cryptostats import embedded
+from cryptostats.main import connect_nats
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument(
+        "--sizes",
+        default="100,100000,1000000",
+        help="stored quotes per seeded coin, comma-separated",
+    )
+    parser.add_argument("--duration-s", type=int, default=8, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per pair")
+    parser.add_argument("--ingest-quotes", type=int, default=20_000)
+    parser.add_argument("--tick-coins", type=int, default=1000)
+    parser.add_argument("--ticks", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: write --out from an earlier run's results.json",
+    )
+    return parser.parse_args(argv)
+
+
+def start_process(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+async def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as response:
+                    if response.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{url} did not answer within {timeout_s}s")
+
+
+def write_config(path: Path, coins: list[str], port: int, database: str) -> None:
+    ids = ", ".join(f'"{coin}"' for coin in coins)
+    path.write_text(
+        f"""[service]
+data_dir = "{path.parent / "service-data"}"
+[schedule]
+cron = "0 0 1 1 *"
+tick_at_start = false
+[coins]
+ids = [{ids}]
+[coingecko]
+# The fake on loopback has no rate limit to respect.
+calls_per_minute = 60000
+[nats]
+request_timeout_s = 30.0
+[mongo]
+database = "{database}"
+[http]
+port = {port}
+"""
+    )
+
+
+class Service:
+    """`python -m cryptostats` on the bench's servers."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], coins: list[str]) -> None:
+        self.port = embedded.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / f"service-{self.port}.toml"
+        write_config(config, coins, self.port, f"bench_{self.port}")
+        argv = ["-m", "cryptostats", "--config", str(config), "--log-level", "warning"]
+        self.process = start_process(
+            [sys.executable, *argv],
+            env,
+            workdir / f"service-{self.port}.log",
+        )
+
+    async def ready(self) -> None:
+        await wait_http(f"{self.url}/healthz")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def http_targets(sizes: dict[int, str]) -> list[tuple[str, int, str]]:
+    """(label, stored quotes, path) for each endpoint and seeded coin."""
+    targets = []
+    for size, coin in sizes.items():
+        targets += [
+            ("/stats", size, f"/stats?coin={coin}"),
+            ("/deviation window=10", size, f"/deviation?coin={coin}&window=10"),
+            ("/deviation window=1000", size, f"/deviation?coin={coin}&window=1000"),
+            ("/history", size, f"/history?coin={coin}"),
+        ]
+    return targets
+
+
+def drive_http(
+    service: Service, baseline_url: str, meter: Meter, targets: list, args: Any
+) -> list[dict[str, Any]]:
+    """Alternate baseline and service wrk runs; medians per target."""
+    rows = []
+    for label, size, path in targets:
+        runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "service": []}
+        for _ in range(args.rounds):
+            for side, root in (("baseline", baseline_url), ("service", service.url)):
+                meter.start()
+                result = run_wrk(root + path, args.duration_s)
+                usage = meter.stop()
+                runs[side].append(
+                    {
+                        **asdict(result),
+                        "usage": {k: asdict(v) for k, v in usage.items()},
+                    }
+                )
+        rows.append({"label": label, "size": size, "path": path, **_medians(runs)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": runs}
+    for side, results in runs.items():
+        out[side] = {
+            key: statistics.median(r[key] for r in results)
+            for key in ("rps", "p50_ms", "p99_ms")
+        } | {"errors": sum(r["errors"] for r in results)}
+    out["ratio"] = out["service"]["rps"] / out["baseline"]["rps"]
+    return out
+
+
+def paced_latency(
+    service: Service, baseline_rps: float, path: str, args: Any, workdir: Path
+) -> dict[str, Any]:
+    """p99 of the service offered half the baseline's rate (32 paced connections)."""
+    target_rps = baseline_rps / 2
+    delay_ms = 32 * 1000 / target_rps
+    result = run_wrk(
+        service.url + path, args.duration_s, delay_ms=delay_ms, script_dir=workdir
+    )
+    return {"path": path, "offered_rps": round(target_rps), **asdict(result)}
+
+
+async def run(args: argparse.Namespace) -> None:
+    require_wrk()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    workdir = RESULTS / stamp
+    workdir.mkdir(parents=True)
+    nats_server = embedded.embedded_nats(workdir)
+    mongo_server = embedded.embedded_mongo(workdir)
+    await nats_server.start()
+    await mongo_server.start()
+    env = {
+        "NATS_URL": embedded.nats_url(nats_server),
+        "MONGO_URI": embedded.mongo_uri(mongo_server),
+    }
+    results: dict[str, Any] = {
+        "started": stamp,
+        "args": vars(args) | {"out": str(args.out)},
+    }
+    try:
+        await _measure(args, workdir, env, nats_server, mongo_server, results)
+    finally:
+        (workdir / "results.json").write_text(
+            json.dumps(results, indent=1, default=str)
+        )
+        await mongo_server.stop()
+        await nats_server.stop()
+
+    args.out.write_text(report.markdown(results))
+    print(f"wrote {args.out} and {workdir / 'results.json'}")
+
+
+async def _measure(args, workdir, env, nats_server, mongo_server, results) -> None:
+    sizes = {int(size): f"bench-{size}" for size in args.sizes.split(",")}
+    client = await connect_nats(env["NATS_URL"])
+    service = Service(workdir, env, list(sizes.values()))
+    baseline_port = embedded.free_port()
+    baseline = start_process(
+        [sys.executable, str(REPO / "bench" / "baseline.py"), str(baseline_port)],
+        {},
+        workdir / "baseline.log",
+    )
+    baseline_url = f"http://127.0.0.1:{baseline_port}"
+    try:
+        await service.ready()
+        await wait_http(f"{baseline_url}/stats")
+        pids = {
+            "service": service.process.pid,
+            "baseline": baseline.pid,
+            "nats-server": nats_server.pid,
+            "secantusdb": mongo_server.pid,
+        }
+        results["rss_start_mb"] = {name: rss_mb(pid) for name, pid in pids.items()}
+        results["ingest"] = await ingest.compare(
+            client, env["MONGO_URI"], args.ingest_quotes
+        )
+        print(json.dumps(results["ingest"]), flush=True)
+        results["seeds"] = []
+        for size, coin in sizes.items():
+            seeded = await ingest.seed(client, coin, size)
+            results["seeds"].append(seeded)
+            print(json.dumps(seeded), flush=True)
+        meter = Meter(pids)
+        soak_started = time.monotonic()
+        results["rss_after_seed_mb"] = rss_mb(service.process.pid)
+        results["http"] = await asyncio.to_thread(
+            drive_http, service, baseline_url, meter, http_targets(sizes), args
+        )
+        biggest = sizes[max(sizes)]
+        baseline_rps = statistics.median(
+            row["baseline"]["rps"] for row in results["http"]
+        )
+        results["paced"] = [
+            await asyncio.to_thread(
+                paced_latency, service, baseline_rps, path, args, workdir
+            )
+            for path in (
+                f"/stats?coin={biggest}",
+                f"/deviation?coin={biggest}&window=1000",
+            )
+        ]
+        results["soak_s"] = round(time.monotonic() - soak_started)
+        results["rss_end_mb"] = {name: rss_mb(pid) for name, pid in pids.items()}
+        results["history_route"] = await _has_history(service.url, biggest)
+    finally:
+        service.stop()
+        baseline.terminate()
+        baseline.wait(10)
+
+    results["tick"] = await ticks.measure(
+        client, workdir, env, args.tick_coins, args.ticks, Service
+    )
+    await client.drain()
+
+
+async def _has_history(url: str, coin: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/history?coin={coin}") as response:
+            return response.status == 200
+
+
+def main() -> None:
+    args = parse_args()
+    if args.report_only is not None:
+        results = json.loads(args.report_only.read_text())
+        args.out.write_text(report.markdown(results))
+        return
+
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

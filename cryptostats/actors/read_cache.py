@@ -1,0 +1,144 @@
+"""HttpApi's memory of answers, kept until the Store announces a newer quote.
+
+Each answer is stored with the `observedAt` of the quote it was built from.
+The Store publishes every new latest quote of a coin on its stored subject;
+a notice drops the coin's answers older than the notified quote, and an
+answer that comes back older than a quote already notified is never kept.
+The two checks together make the order in which a notice and a Store reply
+arrive irrelevant: once a notice has been delivered, or a reply has shown
+a newer quote, no answer older than it is served again. Answers are also
+dropped after the NATS connection reconnected, since notices may have been
+missed while it was down, and whenever the Store says its database refused
+a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from cryptostats import subjects
+from cryptostats.actors import subscription
+from cryptostats.messages import from_iso, loads
+
+log = structlog.get_logger("cryptostats.read_cache", actor="http_api")
+
+# A loader returns the answer and the `observedAt` of the quote behind it.
+Versioned = tuple[str, Any]
+Loader = Callable[[], Awaitable[Versioned]]
+
+
+class ReadCache:
+    """Answers per (coin, key), valid until a newer quote of the coin is stored.
+
+    Only a bounded set of keys exists per coin (one per route and window), so
+    the cache needs no eviction beyond the drops described above.
+    """
+
+    def __init__(self, nats: NatsClient) -> None:
+        self._nats = nats
+        self._answers: dict[str, dict[Hashable, tuple[datetime, Any]]] = {}
+        self._notified: dict[str, datetime] = {}
+        self._reconnects = 0
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, coin: str, key: Hashable, load: Loader) -> Any:
+        """The answer for (coin, key): remembered, or loaded and remembered.
+
+        Raises:
+            Whatever `load` raises; nothing is remembered then.
+        """
+        self._forget_if_reconnected()
+        remembered = self._answers.get(coin, {}).get(key)
+        if remembered is not None:
+            self.hits += 1
+            return remembered[1]
+
+        self.misses += 1
+        observed_text, answer = await load()
+        observed_at = from_iso(observed_text)
+        notified = self._notified.get(coin)
+        if notified is None or observed_at >= notified:
+            # A newer quote seen in a reply counts as a notice, so that no
+            # route answers older than another one already did.
+            self.notice(coin, observed_at)
+            self._answers.setdefault(coin, {})[key] = (observed_at, answer)
+
+        return answer
+
+    def notice(self, coin: str, observed_at: datetime) -> None:
+        """Take note that `coin` has a stored quote observed at `observed_at`."""
+        notified = self._notified.get(coin)
+        if notified is None or observed_at > notified:
+            self._notified[coin] = observed_at
+
+        answers = self._answers.get(coin)
+        if answers:
+            stale = [key for key, (seen, _) in answers.items() if seen < observed_at]
+            for key in stale:
+                del answers[key]
+
+    @asynccontextmanager
+    async def following(self) -> AsyncIterator[None]:
+        """Listen to the Store's notices for the length of a block.
+
+        The subscription goes out on the connection before any query made
+        inside the block, and NATS keeps one connection's order, so no
+        notice of a write that a reply did not see can be missed.
+        """
+        wildcard = f"{subjects.STORED_PREFIX}.*"
+        async with (
+            subscription(self._nats, wildcard) as sub,
+            subscription(self._nats, subjects.STORE_UNAVAILABLE) as trouble,
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(self._listen, sub.messages)
+            group.start_soon(self._forget_on_trouble, trouble.messages)
+            try:
+                yield
+            finally:
+                group.cancel_scope.cancel()
+
+    async def _listen(self, messages: AsyncIterator[Msg]) -> None:
+        async for msg in messages:
+            coin = msg.subject.rpartition(".")[2]
+            try:
+                observed_at = from_iso(loads(msg.data)["observedAt"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("stored_notice_malformed", coin=coin, error=str(exc))
+                self.forget(coin)
+                continue
+            self.notice(coin, observed_at)
+
+    async def _forget_on_trouble(self, messages: AsyncIterator[Msg]) -> None:
+        # While the database refuses writes, newer quotes wait in the stream:
+        # answer from the Store (a 503 while it is down), not from memory.
+        async for _ in messages:
+            if self._answers:
+                log.info("read_cache_cleared", reason="store unavailable")
+            self.forget()
+
+    def forget(self, coin: str | None = None) -> None:
+        """Drop the answers of `coin`, or of every coin."""
+        if coin is None:
+            self._answers.clear()
+        else:
+            self._answers.pop(coin, None)
+
+    def _forget_if_reconnected(self) -> None:
+        reconnects = self._reconnect_count()
+        if reconnects != self._reconnects:
+            self._reconnects = reconnects
+            self.forget()
+            log.info("read_cache_cleared", reason="nats reconnected")
+
+    def _reconnect_count(self) -> int:
+        return int(self._nats.stats.get("reconnects", 0))

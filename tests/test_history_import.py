@@ -1,0 +1,168 @@
+"""History import through the Publisher and the Store, on real servers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from pymongo import AsyncMongoClient
+
+from cryptostats.config import Settings
+from cryptostats.fakegecko import FakeCoinGecko, bundled_market_chart
+from cryptostats.history_import import (
+    ImportPlan,
+    quotes_from_market_chart,
+)
+from cryptostats.main import parse_args, run_import
+from tests.conftest import ServiceProcess, run_actors, wait_for
+
+CSV_ROWS = """snapped_at,price,market_cap,total_volume
+2024-01-01 00:00:00 UTC,100.0,0.0,5.0
+2024-01-02 00:00:00 UTC,110.0,2200.0,6.0
+2024-01-03 00:00:00 UTC,99.0,1980.0,7.0
+2024-01-04 00:00:00 UTC,not-a-price,1.0,1.0
+"""
+DAY_1 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+async def stored_quotes(settings: Settings, coin: str) -> list[dict[str, Any]]:
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongo.uri, tz_aware=True)
+    try:
+        cursor = client[settings.mongo.database].quotes.find({"coin": coin})
+        return sorted(await cursor.to_list(), key=lambda doc: doc["observed_at"])
+    finally:
+        await client.close()
+
+
+async def latest(settings: Settings, coin: str) -> dict[str, Any] | None:
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongo.uri, tz_aware=True)
+    try:
+        return await client[settings.mongo.database].latest.find_one({"_id": coin})
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def csv_file(tmp_path: Path) -> Path:
+    path = tmp_path / "btc.csv"
+    path.write_text(CSV_ROWS)
+    return path
+
+
+async def test_a_csv_import_stores_each_row_with_its_values(
+    settings: Settings, csv_file: Path
+) -> None:
+    plan = ImportPlan(coins=("bitcoin",), csv_path=csv_file, progress=False)
+
+    report = await run_import(settings, plan)
+    rows = await stored_quotes(settings, "bitcoin")
+
+    assert (report.read, report.rejected, report.published) == (3, 1, 3)
+    assert [row["price"] for row in rows] == [100.0, 110.0, 99.0]
+    assert [row["market_cap"] for row in rows] == [None, 2200.0, 1980.0]
+    assert rows[0]["observed_at"] == DAY_1
+    assert rows[0]["change_24h"] is None
+    assert rows[1]["change_24h"] == pytest.approx(10.0)
+    assert rows[2]["change_24h"] == pytest.approx(-10.0)
+    document = await latest(settings, "bitcoin")
+    assert document is not None
+    assert [entry["price"] for entry in document["recent"]] == [100.0, 110.0, 99.0]
+
+
+async def test_importing_the_same_csv_twice_stores_nothing_new(
+    settings: Settings, csv_file: Path
+) -> None:
+    plan = ImportPlan(coins=("bitcoin",), csv_path=csv_file, progress=False)
+    await run_import(settings, plan)
+    before = await stored_quotes(settings, "bitcoin")
+
+    again = await run_import(settings, plan)
+    after = await stored_quotes(settings, "bitcoin")
+
+    assert again.duplicates == again.published == 3
+    assert after == before
+
+
+async def test_a_market_chart_import_stores_every_point_of_the_answer(
+    settings: Settings, fake_gecko: FakeCoinGecko
+) -> None:
+    chart = bundled_market_chart("bitcoin")
+    plan = ImportPlan(coins=("bitcoin",), days=30, progress=False)
+
+    report = await run_import(settings, plan)
+    rows = await stored_quotes(settings, "bitcoin")
+
+    first_ms, first_price = chart["prices"][0]
+    assert report.published == len(chart["prices"]) == len(rows) == 720
+    assert rows[0]["price"] == first_price
+    assert rows[0]["market_cap"] == chart["market_caps"][0][1]
+    assert rows[0]["observed_at"].timestamp() * 1000 == pytest.approx(first_ms)
+    assert rows[-1]["price"] == chart["prices"][-1][1]
+    asked = fake_gecko.requests[-1]
+    assert asked.path.endswith("/coins/bitcoin/market_chart")
+    assert asked.query == {"vs_currency": ["usd"], "days": ["30"]}
+
+
+def test_a_market_chart_point_that_is_not_a_positive_price_is_skipped() -> None:
+    body = {
+        "prices": [[1_700_000_000_000, 1.5], [1_700_000_360_000, -1], ["x", 2.0]],
+        "market_caps": [[1_700_000_000_000, 10.0]],
+    }
+
+    quotes, rejected = quotes_from_market_chart(
+        body, "bitcoin", "usd", datetime.now(UTC)
+    )
+
+    assert [quote.price for quote in quotes] == [1.5]
+    assert quotes[0].market_cap == 10.0
+    assert rejected == 2
+
+
+def test_the_command_line_keeps_working_without_a_subcommand() -> None:
+    plain = parse_args(["--port", "3001"])
+    imported = parse_args(["import", "--csv", "f.csv", "--coin", "bitcoin"])
+
+    assert plain.command is None
+    assert plain.port == 3001
+    assert imported.command == "import"
+    assert imported.csv == Path("f.csv")
+    assert imported.coin == ["bitcoin"]
+
+
+async def test_the_import_command_runs_against_configured_servers(
+    settings: Settings, csv_file: Path, tmp_path: Path
+) -> None:
+    env = {"NATS_URL": settings.nats.url, "MONGO_URI": settings.mongo.uri}
+    config = tmp_path / "config.toml"
+    config.write_text(f'[mongo]\ndatabase = "{settings.mongo.database}"\n')
+    args = ["--config", str(config), "import", "--csv", str(csv_file)]
+    process = ServiceProcess(
+        [*args, "--coin", "bitcoin", "--no-progress"], env, tmp_path / "import.log"
+    )
+
+    code = process.process.wait(60)
+
+    assert code == 0, process.log()
+    events = [json.loads(line) for line in process.log().splitlines() if "{" in line]
+    done = [event for event in events if event.get("event") == "history_imported"]
+    assert done and done[0]["published"] == 3
+    assert len(await stored_quotes(settings, "bitcoin")) == 3
+
+
+async def test_the_store_says_how_to_import_history_of_an_empty_coin(
+    settings: Settings,
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with run_actors(settings):
+
+            async def offered() -> list[dict[str, Any]]:
+                return [log for log in logs if log["event"] == "history_missing"]
+
+            events = await wait_for(offered, timeout_s=10)
+
+    assert {event["coin"] for event in events} == {"bitcoin", "ethereum"}
+    assert events[0]["command"].startswith("python -m cryptostats import ")
