@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import structlog
@@ -73,11 +74,14 @@ async def history(
     coin, limit = _coin(query), query.get("limit")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise ValueError(f"'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}")
-    before = await _history_start(query.get("before"), coin, store)
-    if before is None:
+    document = await store.latest(coin)
+    if document is None:
         return {"quotes": []}
 
-    interval_s = tick_interval_s(settings.schedule.cron, datetime.now(UTC))
+    before = _history_start(query.get("before"), document)
+    interval_s = _spacing_s(document) or tick_interval_s(
+        settings.schedule.cron, datetime.now(UTC)
+    )
     page = await store.history(
         HistoryQuery(
             coin=coin,
@@ -132,17 +136,28 @@ def _coin(query: dict[str, Any]) -> str:
     return coin
 
 
-async def _history_start(before: Any, coin: str, store: QuoteStore) -> datetime | None:
+def _history_start(before: Any, document: dict[str, Any]) -> datetime:
     if before is not None and not isinstance(before, str):
         raise ValueError("'before' must be an ISO 8601 time")
 
     # Nothing is newer than the latest quote: start there, not at `before`.
-    document = await store.latest(coin)
-    if document is None:
-        return None
     newest = document["observed_at"] + ONE_MS
 
     return newest if before is None else min(newest, from_iso(before))
+
+
+def _spacing_s(document: dict[str, Any]) -> float | None:
+    """The median time between the coin's recent quotes: how dense its
+    history is near the newest end, whatever the schedule (an import can
+    be denser or sparser than ticks). None with fewer than two quotes."""
+    times = [entry["observed_at"] for entry in document.get("recent", [])]
+    gaps = sorted(
+        (later - earlier).total_seconds() for earlier, later in pairwise(times)
+    )
+    if not gaps:
+        return None
+
+    return max(gaps[len(gaps) // 2], 0.001)
 
 
 def _quote_json(document: dict[str, Any], prices: int) -> dict[str, Any]:
