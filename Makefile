@@ -28,8 +28,8 @@ bench: install
 	$(PY) -m bench.run $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check cryptostats tests
-	$(VENV)/bin/ruff format --check cryptostats tests
+	$(VENV)/bin/ruff check cryptostats tests bench
+	$(VENV)/bin/ruff format --check cryptostats tests bench
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
