@@ -115,21 +115,22 @@ class QuoteStore:
         for quote in quotes:
             by_coin.setdefault(quote.coin, []).append(quote)
 
-        newest, contended = await self._advance_latest_together(by_coin)
+        newest, contended, appended = await self._advance_latest_together(by_coin)
         for coin in contended:
             advanced = await self._advance_latest(coin, by_coin[coin])
             if advanced is not None:
                 newest[coin] = advanced
-        await self._remember_prices(by_coin)
+        await self._remember_prices(_not_appended(by_coin, appended))
 
         return added, newest
 
     async def _advance_latest_together(
         self, by_coin: dict[str, list[Quote]]
-    ) -> tuple[dict[str, Quote], set[str]]:
+    ) -> tuple[dict[str, Quote], set[str], dict[str, list[Quote]]]:
         # One bulk write for every coin of the batch, each a compare-and-set
-        # on the observed time this Store last wrote or read; a coin whose
-        # latest another writer moved is left to the one-coin path.
+        # on the observed time this Store last wrote or read, appending the
+        # quotes newer than it to the recent list; a coin whose latest
+        # another writer moved is left to the one-coin path.
         since = await self._since(list(by_coin))
         plans = {
             coin: newer
@@ -137,7 +138,7 @@ class QuoteStore:
             if (newer := _newer_than(quotes, since.get(coin)))
         }
         if not plans:
-            return {}, set()
+            return {}, set(), {}
 
         operations = [
             self._latest_operation(coin, newer, since.get(coin))
@@ -152,6 +153,9 @@ class QuoteStore:
             complete = False
 
         written = {coin: newer[-1] for coin, newer in plans.items()}
+        # Only a write known whole appended its quotes; after any doubt the
+        # slower path checks each quote against the list.
+        appended = plans if complete else {}
         if not complete:
             after = await self._observed_at_of(list(plans))
             written = {
@@ -163,7 +167,7 @@ class QuoteStore:
             self._known.pop(coin, None)
         self._known |= {coin: last.observed_at for coin, last in written.items()}
 
-        return written, set(plans) - set(written)
+        return written, set(plans) - set(written), appended
 
     async def _since(self, coins: list[str]) -> dict[str, datetime]:
         unknown = [coin for coin in coins if coin not in self._known]
@@ -242,17 +246,27 @@ class QuoteStore:
             "observed_at": last.observed_at,
             "fetched_at": last.fetched_at,
         }
+        # `newer` is sorted and all after `since`, the newest recent entry:
+        # appending keeps the list in observed order.
+        recent = [{"observed_at": q.observed_at, "price": q.price} for q in newer]
         if since is None:
-            return InsertOne({"_id": coin, **fields, "recent": []})
+            return InsertOne(
+                {"_id": coin, **fields, "recent": recent[-self._recent_prices :]}
+            )
 
-        return UpdateOne({"_id": coin, "observed_at": since}, {"$set": fields})
+        return UpdateOne(
+            {"_id": coin, "observed_at": since},
+            {
+                "$set": fields,
+                "$push": {"recent": {"$each": recent, "$slice": -self._recent_prices}},
+            },
+        )
 
     async def _remember_prices(self, by_coin: dict[str, list[Quote]]) -> None:
-        # The recent list is kept sorted by observed time, so a quote that
-        # arrives after a newer one (redelivered, or from another Store
-        # replica) still takes its place. One update per coin adds the
-        # batch's quotes when none of them is in the list yet; otherwise
-        # (a redelivery) each quote is added alone unless already there.
+        # Quotes no latest update appended: ones older than the latest
+        # (redelivered, or from another Store replica). They take their
+        # place in the sorted list: one update per coin when none of them is
+        # there yet, otherwise each alone unless already there.
         operations = [
             self._recent_operation(coin, _newer_than(quotes, None))
             for coin, quotes in by_coin.items()
@@ -403,6 +417,20 @@ def _history_document(quote: Quote) -> dict[str, Any]:
         "observed_at": quote.observed_at,
         "fetched_at": quote.fetched_at,
     }
+
+
+def _not_appended(
+    by_coin: dict[str, list[Quote]], appended: dict[str, list[Quote]]
+) -> dict[str, list[Quote]]:
+    """The quotes of each coin that no latest update appended already."""
+    left = {}
+    for coin, quotes in by_coin.items():
+        done = {quote.observed_at for quote in appended.get(coin, [])}
+        rest = [quote for quote in quotes if quote.observed_at not in done]
+        if rest:
+            left[coin] = rest
+
+    return left
 
 
 def _newer_than(quotes: list[Quote], since: datetime | None) -> list[Quote]:
