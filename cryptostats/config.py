@@ -265,7 +265,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:
-    where = f" in {path}" if path else ""
+    # A value may come from the file, the environment or a flag.
+    where = f" (from {path}, the environment or flags)" if path else ""
     problems = [
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
         for error in exc.errors()

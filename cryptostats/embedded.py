@@ -113,6 +113,9 @@ class EmbeddedServer:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
+                # Ctrl-C in a terminal signals the whole foreground group;
+                # the children are stopped by us, in order, not by it.
+                start_new_session=True,
             )
         started = time.monotonic()
         await self._wait_listening(ready_timeout_s)

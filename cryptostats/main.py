@@ -8,6 +8,7 @@ so the same program can be split across processes and machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
@@ -283,8 +284,13 @@ async def connect_nats(url: str) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
 
+    connected: list[NatsClient] = []
+
     async def on_disconnected() -> None:
-        log.warning("nats_disconnected")
+        if connected and (connected[0].is_draining or connected[0].is_closed):
+            log.info("nats_disconnected", reason="drained")
+        else:
+            log.warning("nats_disconnected")
 
     async def on_reconnected() -> None:
         metrics.NATS_RECONNECTS.inc()
@@ -309,6 +315,7 @@ async def connect_nats(url: str) -> NatsClient:
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
             )
+    connected.append(client)
     log.info("nats_connected", url=_without_credentials(url))
     return client
 
@@ -320,8 +327,16 @@ def _without_credentials(url: str) -> str:
 
 async def _drain(client: NatsClient) -> None:
     with anyio.CancelScope(shield=True):
-        if not client.is_closed:
+        if client.is_closed:
+            return
+        try:
             await client.drain()
+        except nats.errors.Error as exc:
+            # No server to drain to (an outage): nothing is pending there.
+            log.warning("nats_drain_skipped", error=type(exc).__name__)
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await client.close()
+            return
     log.info("nats_drained")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import statistics
 from datetime import date, datetime
 from pathlib import Path
@@ -147,3 +148,49 @@ def _started_actors(log: str) -> set[str]:
         if line.startswith("{") and '"actor_ready"' in line:
             actors.add(json.loads(line)["actor"])
     return actors
+
+
+async def test_a_taken_http_port_stops_the_service_with_a_config_error(
+    tmp_path: Path, nats_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = ServiceProcess(
+            ["--actors", "http_api", "--port", str(port)],
+            {"NATS_URL": nats_url},
+            tmp_path / "service.log",
+        )
+        code = service.process.wait(30)
+
+    assert code == 2, service.log()
+    assert f"cannot listen on 127.0.0.1:{port}" in service.log()
+    assert "actor_restarting" not in service.log()
+
+
+async def test_sigterm_during_a_nats_outage_still_exits_0(
+    tmp_path: Path, nats_server: embedded.EmbeddedServer
+) -> None:
+    port = embedded.free_port()
+    service = ServiceProcess(
+        ["--actors", "http_api", "--port", str(port)],
+        {"NATS_URL": embedded.nats_url(nats_server)},
+        tmp_path / "service.log",
+    )
+    await wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 30)
+    await nats_server.stop()
+
+    status, body = await get_json(f"http://127.0.0.1:{port}/stats?coin=bitcoin")
+    code = service.stop()
+
+    assert status == 503, body
+    assert code == 0, service.log()
+
+
+async def _answers(url: str) -> bool:
+    try:
+        status, _ = await get_json(url)
+    except aiohttp.ClientConnectionError:
+        return False
+    return status == 200

@@ -16,12 +16,14 @@ import anyio
 import structlog
 from aiohttp import web
 from anyio.abc import TaskStatus
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext
 from cryptostats.actors.read_cache import ReadCache, Versioned
+from cryptostats.errors import ConfigError
 from cryptostats.messages import dumps, from_iso, loads, to_iso
 from cryptostats.web import docs
 from cryptostats.web.caching import cache_headers, not_modified
@@ -91,7 +93,7 @@ class HttpApi:
             http = self._settings.http
             site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
             async with self._reads.following():
-                await site.start()
+                await _listen(site, http.host, http.port)
                 log.info("http_listening", url=f"http://{http.host}:{http.port}")
                 task_status.started()
                 await anyio.sleep_forever()
@@ -272,6 +274,12 @@ class HttpApi:
             raise ApiError(
                 503, "store_timeout", f"store did not answer within {timeout_s}s"
             ) from None
+        except NatsError as exc:
+            raise ApiError(
+                503,
+                "nats_unavailable",
+                f"message bus unavailable: {type(exc).__name__}",
+            ) from None
 
         try:
             answer = loads(reply.data)
@@ -280,3 +288,18 @@ class HttpApi:
         return (
             answer if isinstance(answer, dict) else {"error": {"message": "bad answer"}}
         )
+
+
+async def _listen(site: web.TCPSite, host: str, port: int) -> None:
+    """Start listening; a taken port or a bad address is a configuration
+    error, which stops the process instead of a restart loop.
+
+    Raises:
+        ConfigError: the address cannot be listened on.
+    """
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc

@@ -57,6 +57,11 @@ class ReadCache:
             Whatever `load` raises; nothing is remembered then.
         """
         self._forget_if_reconnected()
+        if not self._nats.is_connected:
+            # Notices cannot arrive now: answer only what the Store says.
+            self.forget()
+            return (await load())[1]
+
         remembered = self._answers.get(coin, {}).get(key)
         if remembered is not None:
             self.hits += 1
