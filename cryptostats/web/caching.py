@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -38,8 +39,13 @@ def _upcoming_tick(cron: str, now: datetime) -> datetime:
     return moment
 
 
+@functools.lru_cache(maxsize=1024)
 def http_date(moment: datetime) -> str:
-    """`moment` as an HTTP date (whole seconds, GMT)."""
+    """`moment` as an HTTP date (whole seconds, GMT).
+
+    Remembered: every /stats answer of a coin formats the same moment
+    until its next quote.
+    """
     return format_datetime(moment.astimezone(UTC).replace(microsecond=0), usegmt=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -22,13 +23,19 @@ MAX_LOGGED_PATH = 256
 UNMATCHED = "unmatched"
 
 
+# A random prefix per process and a counter: unique without a system call
+# for randomness on every request.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_id_counter = itertools.count(1)
+
+
 def request_id(request: web.Request) -> str:
     """The caller's X-Request-Id when it is well-formed, else a new one."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     if REQUEST_ID_RE.fullmatch(given):
         return given
 
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
 
 
 def route_label(request: web.Request) -> str:
