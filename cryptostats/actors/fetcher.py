@@ -113,7 +113,7 @@ class Fetcher:
             failed=len(result.failed),
             skipped=len(result.skipped),
             attempts=result.attempts,
-            published=published,
+            published=len(fresh) if published else 0,
             elapsed_ms=round((time.monotonic() - started) * 1000),
         )
 
@@ -146,7 +146,8 @@ class Fetcher:
                     attempt=attempt,
                     error=type(exc).__name__,
                 )
-            await anyio.sleep(min(2**attempt, 30))
+            if attempt < HANDOFF_ATTEMPTS:
+                await anyio.sleep(min(2**attempt, 30))
 
         log.error("quotes_not_published", tick_id=tick_id, quotes=len(quotes))
         return False
