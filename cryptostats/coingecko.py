@@ -378,6 +378,17 @@ class CoinGeckoClient:
             "include_last_updated_at": "true",
         }
 
+    def _retrying(self) -> AsyncRetrying:
+        """The retry policy of every call: bounded attempts, backoff with
+        jitter (none after a Retry-After the budget already honours)."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._settings.attempts),
+            wait=self._wait_before_retry,
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+
     async def _fetch_batch(
         self,
         coins: list[str],
@@ -385,13 +396,7 @@ class CoinGeckoClient:
         deadline: float | None,
         total: FetchResult,
     ) -> FetchResult:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.attempts),
-            wait=self._wait_before_retry,
-            retry=retry_if_exception(_retryable),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        retrying = self._retrying()
         params = self._price_params(",".join(coins), vs_currency)
         async for attempt in retrying:
             with attempt:
@@ -496,13 +501,7 @@ class CoinGeckoClient:
             ApiKeyRejectedError: the key is wrong, or sent to the wrong host.
             UpstreamError: no usable answer after the retries.
         """
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.attempts),
-            wait=self._wait_before_retry,
-            retry=retry_if_exception(_retryable),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        retrying = self._retrying()
         params = {"vs_currency": vs_currency, "days": str(days)}
         async for attempt in retrying:
             with attempt:
