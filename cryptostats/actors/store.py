@@ -86,6 +86,8 @@ class Store:
                 group.start_soon(self._consume, events, store)
                 limiter = anyio.CapacityLimiter(MAX_QUERY_CONCURRENCY)
                 async for msg in queries.messages:
+                    # Waiting for a free slot before starting the task keeps
+                    # the queries waiting here in NATS's buffer, not as tasks.
                     async with limiter:
                         group.start_soon(self._answer, msg, store, limiter)
         finally:
