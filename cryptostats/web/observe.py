@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -60,10 +62,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _record(request: web.Request, status: int, elapsed_s: float, rid: str) -> None:
     route = route_label(request)
-    metrics.HTTP_REQUESTS.labels(
-        route=route, method=request.method, status=status
-    ).inc()
-    metrics.HTTP_LATENCY.labels(route=route).observe(elapsed_s)
+    counter, latency = _series(route, request.method, status)
+    counter.inc()
+    latency.observe(elapsed_s)
     log.info(
         "http_request",
         method=request.method,
@@ -73,6 +74,16 @@ def _record(request: web.Request, status: int, elapsed_s: float, rid: str) -> No
         elapsed_ms=round(elapsed_s * 1000, 2),
         remote=request.remote,
         request_id=rid,
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def _series(route: str, method: str, status: int) -> tuple[Any, Any]:
+    # Looking a labelled series up costs more than counting in it; the
+    # label values are bounded (route templates, methods, statuses).
+    return (
+        metrics.HTTP_REQUESTS.labels(route=route, method=method, status=status),
+        metrics.HTTP_LATENCY.labels(route=route),
     )
 
 
