@@ -253,25 +253,32 @@ async def start_embedded_servers(settings: Settings, stack: AsyncExitStack) -> S
     stack.callback(watchdogs.cancel_scope.cancel)
 
     if not settings.nats.url:
-        server = embedded.embedded_nats(data_dir)
-        await server.start()
-        stack.push_async_callback(server.stop)
-        watchdogs.start_soon(embedded.keep_alive, server)
+        server = await _run_embedded(embedded.embedded_nats(data_dir), stack, watchdogs)
         nats_settings = nats_settings.model_copy(
             update={"url": embedded.nats_url(server)}
         )
 
     wants_mongo = NEEDS_MONGO & set(settings.service.actors)
     if not settings.mongo.uri and wants_mongo:
-        server = embedded.embedded_mongo(data_dir)
-        await server.start()
-        stack.push_async_callback(server.stop)
-        watchdogs.start_soon(embedded.keep_alive, server)
+        server = await _run_embedded(
+            embedded.embedded_mongo(data_dir), stack, watchdogs
+        )
         mongo_settings = mongo_settings.model_copy(
             update={"uri": embedded.mongo_uri(server)}
         )
 
     return settings.model_copy(update={"nats": nats_settings, "mongo": mongo_settings})
+
+
+async def _run_embedded(
+    server: embedded.EmbeddedServer, stack: AsyncExitStack, watchdogs: TaskGroup
+) -> embedded.EmbeddedServer:
+    """Start `server`, stop it when `stack` closes, restart it if it dies."""
+    await server.start()
+    stack.push_async_callback(server.stop)
+    watchdogs.start_soon(embedded.keep_alive, server)
+
+    return server
 
 
 async def connect_nats(url: str) -> NatsClient:
