@@ -30,7 +30,7 @@ from cryptostats.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 
-configure_logging("debug", json=True)
+configure_logging("debug", json=True, cache=False)
 
 
 @pytest.fixture
