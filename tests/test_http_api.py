@@ -376,6 +376,37 @@ async def test_unknown_routes_and_wrong_methods_get_json_errors(
         assert "GET" in wrong[2]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404),
+        ("GET", "/stats/extra", 404),
+        ("POST", "/nowhere/deep/path", 404),
+        ("DELETE", "/docs/docs.js", 405),
+        ("PUT", "/history", 405),
+    ],
+)
+async def test_every_unanswered_path_or_method_is_a_counted_json_error(
+    api_settings: Settings, method: str, path: str, status: int
+) -> None:
+    labels = {"route": "unmatched", "method": method, "status": str(status)}
+    before = sample("cryptostats_http_requests_total", **labels)
+
+    async with run_actors(api_settings) as api:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, api.http_url + path) as response,
+        ):
+            answer = response.status, await response.json(), response.headers
+
+    code = "not_found" if status == 404 else "method_not_allowed"
+    assert answer[0] == status
+    assert answer[1]["error"]["code"] == code
+    assert answer[2]["X-Request-Id"]
+    assert ("Allow" in answer[2]) == (status == 405)
+    assert sample("cryptostats_http_requests_total", **labels) - before == 1
+
+
 @pytest.mark.parametrize("where", ["url", "header"])
 async def test_a_request_over_the_parser_limits_is_a_4xx_without_a_traceback(
     api_settings: Settings, where: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 import anyio
@@ -27,8 +27,8 @@ from cryptostats.errors import ConfigError
 from cryptostats.messages import dumps, from_iso, loads, to_iso
 from cryptostats.web import docs
 from cryptostats.web.caching import cache_headers, not_modified
-from cryptostats.web.errors import ApiError, errors_as_json, json_response
-from cryptostats.web.observe import observe, protocol_logger
+from cryptostats.web.errors import ApiError, json_response
+from cryptostats.web.observe import add_routes, protocol_logger
 from cryptostats.web.openapi import openapi_document
 from cryptostats.web.params import (
     parse_before,
@@ -67,16 +67,19 @@ class HttpApi:
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application(middlewares=[observe, errors_as_json])
-        app.router.add_get("/stats", self.stats)
-        app.router.add_get("/deviation", self.deviation)
-        app.router.add_get("/history", self.history)
-        app.router.add_get("/coins", self.coins)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/openapi.json", self.openapi)
-        docs.add_routes(app)
+        app = web.Application()
+        routes = {
+            "/stats": self.stats,
+            "/deviation": self.deviation,
+            "/history": self.history,
+            "/coins": self.coins,
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/metrics": self.metrics,
+            "/openapi.json": self.openapi,
+            **docs.routes(),
+        }
+        add_routes(app, routes)
         return app
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
@@ -104,16 +107,17 @@ class HttpApi:
     async def stats(self, request: web.Request) -> web.StreamResponse:
         """`GET /stats?coin=`: the latest price, market cap and 24 h change."""
         coin = self._canonical_tracked(parse_coin(request))
-        observed_at, body = await self._reads.get(
+        # From memory without awaiting anything, when it can be.
+        answer = self._reads.remembered(coin, "stats") or await self._reads.get(
             coin, "stats", lambda: self._stats_body(coin)
         )
-        headers = cache_headers(
-            observed_at, self._settings.schedule.cron, datetime.now(UTC)
-        )
+        observed_at, body = answer
+        headers = cache_headers(observed_at, self._settings.schedule.cron, time.time())
         if not_modified(request, observed_at):
             return web.Response(status=304, headers=headers)
 
-        return encoded_json_response(body, headers)
+        headers["Content-Type"] = "application/json"
+        return web.Response(body=body, headers=headers)
 
     async def _stats_body(self, coin: str) -> Versioned:
         quote = await self._latest(coin, prices=0)
@@ -131,8 +135,9 @@ class HttpApi:
         """`GET /deviation?coin=&window=`: population std of recent prices."""
         coin = self._canonical_tracked(parse_coin(request))
         window = parse_window(request)
-        body = await self._reads.get(
-            coin, ("deviation", window), lambda: self._deviation_body(coin, window)
+        key = ("deviation", window)
+        body = self._reads.remembered(coin, key) or await self._reads.get(
+            coin, key, lambda: self._deviation_body(coin, window)
         )
 
         return encoded_json_response(body)

@@ -56,19 +56,16 @@ class ReadCache:
         Raises:
             Whatever `load` raises; nothing is remembered then.
         """
-        self._forget_if_reconnected()
-        if not self._nats.is_connected:
-            # Notices cannot arrive now: answer only what the Store says.
-            self.forget()
-            return (await load())[1]
-
-        remembered = self._answers.get(coin, {}).get(key)
-        if remembered is not None:
-            self.hits += 1
-            return remembered[1]
+        answer = self.remembered(coin, key)
+        if answer is not None:
+            return answer
 
         self.misses += 1
         observed_text, answer = await load()
+        if not self._nats.is_connected:
+            # Notices cannot arrive now: answer only what the Store says.
+            return answer
+
         observed_at = from_iso(observed_text)
         notified = self._notified.get(coin)
         if notified is None or observed_at >= notified:
@@ -78,6 +75,25 @@ class ReadCache:
             self._answers.setdefault(coin, {})[key] = (observed_at, answer)
 
         return answer
+
+    def remembered(self, coin: str, key: Hashable) -> Any | None:
+        """The remembered answer for (coin, key), or None.
+
+        Plain code, not a coroutine: a request served from memory never
+        waits, and `await`ing nothing costs more than the lookup itself.
+        """
+        self._forget_if_reconnected()
+        if not self._nats.is_connected:
+            self.forget()
+            return None
+
+        answers = self._answers.get(coin)
+        remembered = answers.get(key) if answers else None
+        if remembered is None:
+            return None
+
+        self.hits += 1
+        return remembered[1]
 
     def notice(self, coin: str, observed_at: datetime) -> None:
         """Take note that `coin` has a stored quote observed at `observed_at`."""

@@ -7,18 +7,18 @@ import math
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from cryptostats.actors.ticker import next_tick
 
 
-def cache_headers(observed_at: datetime, cron: str, now: datetime) -> dict[str, str]:
+def cache_headers(observed_at: datetime, cron: str, now_s: float) -> dict[str, str]:
     """`Cache-Control` lasting until the next tick, and `Last-Modified`.
 
     A new quote can only arrive after the next tick, so until then a cached
-    answer is as good as a fresh one.
+    answer is as good as a fresh one. `now_s` is a Unix time in seconds.
     """
-    max_age_s = math.ceil((_upcoming_tick(cron, now) - now).total_seconds())
+    max_age_s = math.ceil(_upcoming_tick_s(cron, now_s) - now_s)
 
     return {
         "Cache-Control": f"public, max-age={max(0, max_age_s)}",
@@ -26,17 +26,18 @@ def cache_headers(observed_at: datetime, cron: str, now: datetime) -> dict[str, 
     }
 
 
-_upcoming: dict[str, datetime] = {}
+_upcoming_s: dict[str, float] = {}
 
 
-def _upcoming_tick(cron: str, now: datetime) -> datetime:
+def _upcoming_tick_s(cron: str, now_s: float) -> float:
     # The next tick stays the same until it passes; computing it costs more
     # than the rest of a /stats answer served from memory.
-    moment = _upcoming.get(cron)
-    if moment is None or moment <= now:
-        moment = _upcoming[cron] = next_tick(cron, now)
+    moment_s = _upcoming_s.get(cron)
+    if moment_s is None or moment_s <= now_s:
+        after = datetime.fromtimestamp(now_s, UTC)
+        moment_s = _upcoming_s[cron] = next_tick(cron, after).timestamp()
 
-    return moment
+    return moment_s
 
 
 @functools.lru_cache(maxsize=1024)
@@ -51,6 +52,8 @@ def http_date(moment: datetime) -> str:
 
 def not_modified(request: web.Request, observed_at: datetime) -> bool:
     """True when the caller's `If-Modified-Since` already covers `observed_at`."""
+    if hdrs.IF_MODIFIED_SINCE not in request.headers:
+        return False
     since = request.if_modified_since
     if since is None:
         return False

@@ -10,6 +10,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from cryptostats.web.errors import Handler
+
 ASSETS = {
     "docs.html": "text/html",
     "docs.js": "text/javascript",
@@ -21,8 +23,8 @@ def _read(name: str) -> bytes:
     return resources.files("cryptostats.web").joinpath("static", name).read_bytes()
 
 
-def add_routes(app: web.Application) -> None:
-    """Serve the page at `/docs` and its assets at `/docs/<name>`."""
+def routes() -> dict[str, Handler]:
+    """The page at `/docs` and its assets at `/docs/<name>`."""
     bodies = {name: _read(name) for name in ASSETS}
 
     def serve(name: str) -> web.Response:
@@ -39,5 +41,4 @@ def add_routes(app: web.Application) -> None:
             raise web.HTTPNotFound()
         return serve(name)
 
-    app.router.add_get("/docs", page)
-    app.router.add_get("/docs/{name}", asset)
+    return {"/docs": page, "/docs/{name}": asset}

@@ -44,20 +44,21 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status, headers)
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure, ours or aiohttp's, into a JSON error body."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON error answer for a failure raised while handling `request`.
+
+    Raises:
+        web.HTTPException: `exc` itself when it is a redirect or another
+            answer below 400, which aiohttp sends as it is.
+    """
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return _http_error(request, exc)
-    except Exception:
-        log.exception("request_failed", path=request.path)
-        return error_response(500, "internal_error", "internal error")
+    log.error("request_failed", path=request.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error")
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -1,20 +1,22 @@
-"""Request ids, the access log, HTTP metrics, and quiet protocol errors."""
+"""What every request goes through (request id, JSON errors, metrics, the
+access log), and quiet protocol errors."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import NoReturn
 
 import structlog
 from aiohttp import web
 
 from cryptostats import metrics
-from cryptostats.web.errors import Handler
+from cryptostats.logs import REQUEST_ID, enabled_for
+from cryptostats.web.errors import Handler, error_answer
 
 log = structlog.get_logger("cryptostats.http_api", actor="http_api")
 
@@ -22,6 +24,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # A caller's own request id is kept when it is this tame; otherwise we make one.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_LOGGED_PATH = 256
+# The route label of requests no route answers (404s and 405s).
 UNMATCHED = "unmatched"
 
 
@@ -40,51 +43,77 @@ def request_id(request: web.Request) -> str:
     return f"{_ID_PREFIX}-{next(_id_counter):x}"
 
 
-def route_label(request: web.Request) -> str:
-    """The route template (`/stats`), never the raw path, to bound label values."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else UNMATCHED
+def add_routes(app: web.Application, routes: Mapping[str, Handler]) -> None:
+    """Serve each `GET` route through `observed`, and every other path and
+    method through `unmatched`."""
+    for path, handler in routes.items():
+        app.router.add_get(path, observed(path, handler))
+    app.router.add_route("*", "/{path:.*}", observed(UNMATCHED, unmatched))
 
 
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id, then count, time and log its answer."""
-    started = time.perf_counter()
-    rid = request_id(request)
-    with structlog.contextvars.bound_contextvars(request_id=rid):
-        response = await handler(request)
-        response.headers[REQUEST_ID_HEADER] = rid
-        elapsed_s = time.perf_counter() - started
-        _record(request, response.status, elapsed_s, rid)
+def observed(route: str, handler: Handler) -> Handler:
+    """`handler`, giving each request an id and any failure a JSON body, then
+    counting, timing and logging the answer under the route template `route`.
 
-    return response
+    Each route's handler is wrapped, instead of using an aiohttp middleware:
+    aiohttp runs a middleware through several more calls on every request,
+    which cost about 6% of a /stats answer served from memory.
+    """
 
+    async def answer(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = request_id(request)
+        token = REQUEST_ID.set(rid)
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:  # every failure gets a JSON body
+                response = error_answer(request, exc)
+            response.headers[REQUEST_ID_HEADER] = rid
+            elapsed_s = time.perf_counter() - started
+            _record(request, route, response.status, elapsed_s, rid)
+        finally:
+            REQUEST_ID.reset(token)
 
-def _record(request: web.Request, status: int, elapsed_s: float, rid: str) -> None:
-    route = route_label(request)
-    counter, latency = _series(route, request.method, status)
-    counter.inc()
-    latency.observe(elapsed_s)
-    log.info(
-        "http_request",
-        method=request.method,
-        path=request.path[:MAX_LOGGED_PATH],
-        route=route,
-        status=status,
-        elapsed_ms=round(elapsed_s * 1000, 2),
-        remote=request.remote,
-        request_id=rid,
-    )
+        return response
+
+    return answer
 
 
-@functools.lru_cache(maxsize=512)
-def _series(route: str, method: str, status: int) -> tuple[Any, Any]:
-    # Looking a labelled series up costs more than counting in it; the
-    # label values are bounded (route templates, methods, statuses).
-    return (
-        metrics.HTTP_REQUESTS.labels(route=route, method=method, status=status),
-        metrics.HTTP_LATENCY.labels(route=route),
-    )
+async def unmatched(request: web.Request) -> NoReturn:
+    """A path or method no route answers: 405 when the path takes other
+    methods, else 404.
+
+    Raises:
+        web.HTTPMethodNotAllowed: another route serves this path.
+        web.HTTPNotFound: no route serves this path.
+    """
+    own = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not own:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def _record(
+    request: web.Request, route: str, status: int, elapsed_s: float, rid: str
+) -> None:
+    metrics.HTTP.observe(route, request.method, status, elapsed_s)
+    if enabled_for(logging.INFO):
+        log.info(
+            "http_request",
+            method=request.method,
+            path=request.path[:MAX_LOGGED_PATH],
+            route=route,
+            status=status,
+            elapsed_ms=round(elapsed_s * 1000, 2),
+            remote=request.remote,
+            request_id=rid,
+        )
 
 
 class _ProtocolErrorHandler(logging.Handler):
