@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -15,6 +16,7 @@ from cryptostats.config import Settings
 from cryptostats.fakegecko import FakeCoinGecko
 from cryptostats.main import connect_nats
 from cryptostats.messages import dumps, to_iso
+from cryptostats.web.errors import ApiError
 from tests.conftest import get_json, run_actors, wait_for
 
 T1 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -140,6 +142,89 @@ async def test_a_failed_load_is_not_remembered(client: NatsClient) -> None:
 
     assert await cache.get("bitcoin", "stats", load) == {"price": 1.0}
     assert load.calls == 1
+
+
+class GatedLoader(CountingLoader):
+    """A loader that answers only once `gate` is set."""
+
+    def __init__(self, observed_at: datetime, answer: Any) -> None:
+        super().__init__(observed_at, answer)
+        self.gate = anyio.Event()
+
+    async def __call__(self) -> Versioned:
+        self.calls += 1
+        await self.gate.wait()
+        return to_iso(self.observed_at), self.answer
+
+
+async def called(load: CountingLoader, times: int) -> bool:
+    return load.calls >= times
+
+
+async def gather(cache: ReadCache, load: Any, requests: int) -> list[Any]:
+    answers: list[Any] = []
+
+    async def one() -> None:
+        try:
+            answers.append(await cache.get("bitcoin", "stats", load))
+        except ApiError as exc:
+            answers.append(exc.code)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(requests):
+            group.start_soon(one)
+        await wait_for(lambda: called(load, 1), timeout_s=5)
+        await anyio.sleep(0.05)
+        load.gate.set()
+    return answers
+
+
+async def test_requests_that_miss_together_share_one_load(client: NatsClient) -> None:
+    cache = ReadCache(client)
+    load = GatedLoader(T1, {"price": 1.0})
+
+    answers = await gather(cache, load, 20)
+
+    assert answers == [{"price": 1.0}] * 20
+    assert (load.calls, cache.shared) == (1, 19)
+
+
+async def test_an_error_of_a_shared_load_answers_every_waiting_request(
+    client: NatsClient,
+) -> None:
+    cache = ReadCache(client)
+
+    class Unavailable(GatedLoader):
+        async def __call__(self) -> Versioned:
+            await super().__call__()
+            raise ApiError(503, "store_timeout", "store did not answer")
+
+    load = Unavailable(T1, None)
+
+    answers = await gather(cache, load, 5)
+
+    assert answers == ["store_timeout"] * 5
+    assert load.calls == 1
+
+
+async def test_after_a_notice_requests_do_not_wait_for_an_older_load(
+    client: NatsClient,
+) -> None:
+    cache = ReadCache(client)
+    old = GatedLoader(T1, {"price": 1.0})
+    fresh = CountingLoader(T2, {"price": 2.0})
+    async with anyio.create_task_group() as group:
+        group.start_soon(cache.get, "bitcoin", "stats", old)
+        await wait_for(lambda: called(old, 1), timeout_s=5)
+
+        cache.notice("bitcoin", T2)
+        with anyio.fail_after(5):
+            later = await cache.get("bitcoin", "stats", fresh)
+        old.gate.set()
+
+    assert later == {"price": 2.0}
+    assert fresh.calls == 1
+    assert await cache.get("bitcoin", "stats", fresh) == {"price": 2.0}
 
 
 async def test_the_api_serves_each_newer_quote_once_it_is_stored(

@@ -10,6 +10,9 @@ a newer quote, no answer older than it is served again. Answers are also
 dropped after the NATS connection reconnected, since notices may have been
 missed while it was down, and whenever the Store says its database refused
 a write.
+
+Requests that miss while the same answer is being loaded wait for that one
+load; a notice makes requests after it start a load of their own.
 """
 
 from __future__ import annotations
@@ -27,12 +30,22 @@ from nats.aio.msg import Msg
 from cryptostats import subjects
 from cryptostats.actors import subscription
 from cryptostats.messages import from_iso, loads
+from cryptostats.web.errors import ApiError
 
 log = structlog.get_logger("cryptostats.read_cache", actor="http_api")
 
 # A loader returns the answer and the `observedAt` of the quote behind it.
 Versioned = tuple[str, Any]
 Loader = Callable[[], Awaitable[Versioned]]
+
+
+class _Pending:
+    """A load in flight, and its outcome once `done` is set."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.answer: Any = None
+        self.error: ApiError | None = None
 
 
 class ReadCache:
@@ -46,24 +59,67 @@ class ReadCache:
         self._nats = nats
         self._answers: dict[str, dict[Hashable, tuple[datetime, Any]]] = {}
         self._notified: dict[str, datetime] = {}
+        self._pending: dict[str, dict[Hashable, _Pending]] = {}
         self._reconnects = 0
         self.hits = 0
         self.misses = 0
+        self.shared = 0
 
     async def get(self, coin: str, key: Hashable, load: Loader) -> Any:
         """The answer for (coin, key): remembered, or loaded and remembered.
 
+        Requests that miss while the same answer is being loaded wait for
+        that load instead of asking the Store again: after each tick every
+        answer of a coin is dropped at once, and without this every request
+        in flight would become a query to the database.
+
         Raises:
-            Whatever `load` raises; nothing is remembered then.
+            Whatever `load` raises; nothing is remembered then. Requests
+            that waited for a load that raised ApiError raise it too.
         """
         answer = self.remembered(coin, key)
         if answer is not None:
             return answer
+        if not self._nats.is_connected:
+            # Notices cannot arrive now: answer only what the Store says.
+            self.misses += 1
+            return (await load())[1]
 
+        pending = self._pending.get(coin, {}).get(key)
+        if pending is not None:
+            return await self._wait_for(pending, coin, key, load)
+
+        pending = _Pending()
+        self._pending.setdefault(coin, {})[key] = pending
+        try:
+            pending.answer = await self._load(coin, key, load)
+            return pending.answer
+        except ApiError as exc:
+            pending.error = exc
+            raise
+        finally:
+            loads = self._pending.get(coin, {})
+            if loads.get(key) is pending:
+                del loads[key]
+            pending.done.set()
+
+    async def _wait_for(
+        self, pending: _Pending, coin: str, key: Hashable, load: Loader
+    ) -> Any:
+        await pending.done.wait()
+        if pending.answer is not None:
+            self.shared += 1
+            return pending.answer
+        if pending.error is not None:
+            error = pending.error
+            raise ApiError(error.status, error.code, error.message)
+        # The load this request waited for ended without an answer.
+        return await self._load(coin, key, load)
+
+    async def _load(self, coin: str, key: Hashable, load: Loader) -> Any:
         self.misses += 1
         observed_text, answer = await load()
         if not self._nats.is_connected:
-            # Notices cannot arrive now: answer only what the Store says.
             return answer
 
         observed_at = from_iso(observed_text)
@@ -100,6 +156,8 @@ class ReadCache:
         notified = self._notified.get(coin)
         if notified is None or observed_at > notified:
             self._notified[coin] = observed_at
+            # Requests from now on must not wait for a load begun earlier.
+            self._pending.pop(coin, None)
 
         answers = self._answers.get(coin)
         if answers:
@@ -151,8 +209,10 @@ class ReadCache:
         """Drop the answers of `coin`, or of every coin."""
         if coin is None:
             self._answers.clear()
+            self._pending.clear()
         else:
             self._answers.pop(coin, None)
+            self._pending.pop(coin, None)
 
     def _forget_if_reconnected(self) -> None:
         reconnects = self._reconnect_count()
