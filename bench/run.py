@@ -127,39 +127,51 @@ class Service:
         self.process.wait(30)
 
 
-def http_targets(sizes: dict[int, str]) -> list[tuple[str, int, str]]:
-    """(label, stored quotes, path) for each endpoint and seeded coin."""
-    targets = []
-    for size, coin in sizes.items():
-        targets += [
-            ("/stats", size, f"/stats?coin={coin}"),
-            ("/deviation window=10", size, f"/deviation?coin={coin}&window=10"),
-            ("/deviation window=1000", size, f"/deviation?coin={coin}&window=1000"),
-            ("/history", size, f"/history?coin={coin}"),
-        ]
-    return targets
+# (label, path with the seeded coin's id in place of {coin}).
+ENDPOINTS = [
+    ("/stats", "/stats?coin={coin}"),
+    ("/deviation window=10", "/deviation?coin={coin}&window=10"),
+    ("/deviation window=1000", "/deviation?coin={coin}&window=1000"),
+    ("/history", "/history?coin={coin}"),
+]
+# The paths whose latency is measured at half the baseline's rate.
+PACED = [ENDPOINTS[0], ENDPOINTS[2]]
 
 
 def drive_http(
-    service: Service, baseline_url: str, meter: Meter, targets: list, args: Any
+    service: Service,
+    baseline_url: str,
+    meter: Meter,
+    sizes: dict[int, str],
+    args: Any,
 ) -> list[dict[str, Any]]:
-    """Alternate baseline and service wrk runs; medians per target."""
+    """wrk on each endpoint: in every round, a baseline run and a service
+    run at each seeded size in turn, so that the machine's drift falls on
+    every size alike. One row per endpoint and size, with the medians."""
     rows = []
-    for label, size, path in targets:
-        runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "service": []}
+    sides = (("baseline", baseline_url), ("service", service.url))
+    for label, template in ENDPOINTS:
+        runs: dict[int, dict[str, list[dict[str, Any]]]] = {
+            size: {"baseline": [], "service": []} for size in sizes
+        }
         for _ in range(args.rounds):
-            for side, root in (("baseline", baseline_url), ("service", service.url)):
-                meter.start()
-                result = run_wrk(root + path, args.duration_s)
-                usage = meter.stop()
-                runs[side].append(
-                    {
-                        **asdict(result),
-                        "usage": {k: asdict(v) for k, v in usage.items()},
-                    }
-                )
-        rows.append({"label": label, "size": size, "path": path, **_medians(runs)})
-        print(json.dumps(rows[-1]), flush=True)
+            for size, coin in sizes.items():
+                path = template.format(coin=coin)
+                for side, root in sides:
+                    meter.start()
+                    result = run_wrk(root + path, args.duration_s)
+                    usage = meter.stop()
+                    runs[size][side].append(
+                        {
+                            **asdict(result),
+                            "usage": {k: asdict(v) for k, v in usage.items()},
+                        }
+                    )
+        for size, coin in sizes.items():
+            path = template.format(coin=coin)
+            row = {"label": label, "size": size, "path": path, **_medians(runs[size])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows
 
 
@@ -175,15 +187,45 @@ def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def paced_latency(
-    service: Service, baseline_rps: float, path: str, args: Any, workdir: Path
-) -> dict[str, Any]:
-    """p99 of the service offered half the baseline's rate (32 paced connections)."""
+    service: Service,
+    baseline_rps: float,
+    sizes: dict[int, str],
+    args: Any,
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """The service offered half the baseline's rate (32 paced connections),
+    on each paced path at each seeded size in turn, round after round.
+    One row per path and size, with the medians."""
     target_rps = baseline_rps / 2
     delay_ms = 32 * 1000 / target_rps
-    result = run_wrk(
-        service.url + path, args.duration_s, delay_ms=delay_ms, script_dir=workdir
-    )
-    return {"path": path, "offered_rps": round(target_rps), **asdict(result)}
+    rows = []
+    for label, template in PACED:
+        runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+        for _ in range(args.rounds):
+            for size, coin in sizes.items():
+                result = run_wrk(
+                    service.url + template.format(coin=coin),
+                    args.duration_s,
+                    delay_ms=delay_ms,
+                    script_dir=workdir,
+                )
+                runs[size].append(asdict(result))
+        for size, coin in sizes.items():
+            row = {
+                "label": label,
+                "path": template.format(coin=coin),
+                "size": size,
+                "offered_rps": round(target_rps),
+                **{
+                    key: statistics.median(r[key] for r in runs[size])
+                    for key in ("rps", "p50_ms", "p99_ms")
+                },
+                "errors": sum(r["errors"] for r in runs[size]),
+                "runs": runs[size],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -250,21 +292,15 @@ async def _measure(args, workdir, env, nats_server, mongo_server, results) -> No
         soak_started = time.monotonic()
         results["rss_after_seed_mb"] = rss_mb(service.process.pid)
         results["http"] = await asyncio.to_thread(
-            drive_http, service, baseline_url, meter, http_targets(sizes), args
+            drive_http, service, baseline_url, meter, sizes, args
         )
         biggest = sizes[max(sizes)]
         baseline_rps = statistics.median(
             row["baseline"]["rps"] for row in results["http"]
         )
-        results["paced"] = [
-            await asyncio.to_thread(
-                paced_latency, service, baseline_rps, path, args, workdir
-            )
-            for path in (
-                f"/stats?coin={biggest}",
-                f"/deviation?coin={biggest}&window=1000",
-            )
-        ]
+        results["paced"] = await asyncio.to_thread(
+            paced_latency, service, baseline_rps, sizes, args, workdir
+        )
         results["soak_s"] = round(time.monotonic() - soak_started)
         results["rss_end_mb"] = {name: rss_mb(pid) for name, pid in pids.items()}
         results["history_route"] = await _has_history(service.url, biggest)
