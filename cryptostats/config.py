@@ -182,6 +182,7 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=0, le=65535)
     query_timeout_s: float = Field(default=2.0, gt=0)
+    access_log: bool = True
 
 
 class SupervisorSettings(_Section):

@@ -261,6 +261,29 @@ async def test_each_request_has_an_id_in_its_header_and_access_log_line(
         assert lines[0]["elapsed_ms"] >= 0
 
 
+async def test_access_log_off_keeps_request_ids_and_metrics(
+    nats_url: str, mongo_uri: str, fake_gecko: FakeCoinGecko
+) -> None:
+    settings = make_settings(
+        nats_url,
+        mongo_uri,
+        fake_gecko.base_url,
+        service={"actors": ["store", "http_api"]},
+        schedule={"cron": "*/15 * * * *", "tick_at_start": False},
+        http={"access_log": False},
+    )
+    labels = {"route": "/healthz", "method": "GET", "status": "200"}
+    before = sample("cryptostats_http_requests_total", **labels)
+
+    async with run_actors(settings) as api:
+        with structlog.testing.capture_logs() as events:
+            _, headers, _ = await get(f"{api.http_url}/healthz")
+
+    assert headers["X-Request-Id"]
+    assert [e for e in events if e["event"] == "http_request"] == []
+    assert sample("cryptostats_http_requests_total", **labels) - before == 1
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 

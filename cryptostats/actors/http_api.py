@@ -79,7 +79,7 @@ class HttpApi:
             "/openapi.json": self.openapi,
             **docs.routes(),
         }
-        add_routes(app, routes)
+        add_routes(app, routes, access_log=self._settings.http.access_log)
         return app
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:

@@ -43,17 +43,22 @@ def request_id(request: web.Request) -> str:
     return f"{_ID_PREFIX}-{next(_id_counter):x}"
 
 
-def add_routes(app: web.Application, routes: Mapping[str, Handler]) -> None:
+def add_routes(
+    app: web.Application, routes: Mapping[str, Handler], *, access_log: bool = True
+) -> None:
     """Serve each `GET` route through `observed`, and every other path and
     method through `unmatched`."""
     for path, handler in routes.items():
-        app.router.add_get(path, observed(path, handler))
-    app.router.add_route("*", "/{path:.*}", observed(UNMATCHED, unmatched))
+        app.router.add_get(path, observed(path, handler, access_log=access_log))
+    app.router.add_route(
+        "*", "/{path:.*}", observed(UNMATCHED, unmatched, access_log=access_log)
+    )
 
 
-def observed(route: str, handler: Handler) -> Handler:
+def observed(route: str, handler: Handler, *, access_log: bool = True) -> Handler:
     """`handler`, giving each request an id and any failure a JSON body, then
-    counting, timing and logging the answer under the route template `route`.
+    counting, timing and (with `access_log`) logging the answer under the
+    route template `route`.
 
     Each route's handler is wrapped, instead of using an aiohttp middleware:
     aiohttp runs a middleware through several more calls on every request,
@@ -71,7 +76,9 @@ def observed(route: str, handler: Handler) -> Handler:
                 response = error_answer(request, exc)
             response.headers[REQUEST_ID_HEADER] = rid
             elapsed_s = time.perf_counter() - started
-            _record(request, route, response.status, elapsed_s, rid)
+            metrics.HTTP.observe(route, request.method, response.status, elapsed_s)
+            if access_log and enabled_for(logging.INFO):
+                _log(request, route, response.status, elapsed_s, rid)
         finally:
             REQUEST_ID.reset(token)
 
@@ -99,21 +106,19 @@ async def unmatched(request: web.Request) -> NoReturn:
     raise web.HTTPNotFound()
 
 
-def _record(
+def _log(
     request: web.Request, route: str, status: int, elapsed_s: float, rid: str
 ) -> None:
-    metrics.HTTP.observe(route, request.method, status, elapsed_s)
-    if enabled_for(logging.INFO):
-        log.info(
-            "http_request",
-            method=request.method,
-            path=request.path[:MAX_LOGGED_PATH],
-            route=route,
-            status=status,
-            elapsed_ms=round(elapsed_s * 1000, 2),
-            remote=request.remote,
-            request_id=rid,
-        )
+    log.info(
+        "http_request",
+        method=request.method,
+        path=request.path[:MAX_LOGGED_PATH],
+        route=route,
+        status=status,
+        elapsed_ms=round(elapsed_s * 1000, 2),
+        remote=request.remote,
+        request_id=rid,
+    )
 
 
 class _ProtocolErrorHandler(logging.Handler):
