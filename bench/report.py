@@ -110,6 +110,10 @@ def _change(rows: list[dict[str, Any]], side: str, key: str) -> float | None:
     return max(changes, key=abs)
 
 
+def _listed(row: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [row] if row else []
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -218,10 +222,13 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## HTTP (wrk -t2 -c32, medians of the rounds, alternating runs)",
         "",
-        *http_table(results.get("http", [])),
+        *http_table(results.get("http", []) + _listed(results.get("access_log"))),
         "",
         "CPU is the share of one core the process used during the last service",
-        "run; RSS is at its end.",
+        "run; RSS is at its end. The service runs at `--log-level warning`,",
+        "except in the row *access log on*: the same service restarted at the",
+        "default level, info, writing one `http_request` line per request to",
+        "a file (`http.access_log = false` does the same as warning for it).",
         "",
         "## Latency at half the baseline's rate",
         "",

@@ -107,12 +107,20 @@ port = {port}
 class Service:
     """`python -m cryptostats` on the bench's servers."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], coins: list[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        coins: list[str],
+        database: str | None = None,
+        log_level: str = "warning",
+    ) -> None:
         self.port = embedded.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.database = database or f"bench_{self.port}"
         config = workdir / f"service-{self.port}.toml"
-        write_config(config, coins, self.port, f"bench_{self.port}")
-        argv = ["-m", "cryptostats", "--config", str(config), "--log-level", "warning"]
+        write_config(config, coins, self.port, self.database)
+        argv = ["-m", "cryptostats", "--config", str(config), "--log-level", log_level]
         self.process = start_process(
             [sys.executable, *argv],
             env,
@@ -158,21 +166,21 @@ def drive_http(
             for size, coin in sizes.items():
                 path = template.format(coin=coin)
                 for side, root in sides:
-                    meter.start()
-                    result = run_wrk(root + path, args.duration_s)
-                    usage = meter.stop()
-                    runs[size][side].append(
-                        {
-                            **asdict(result),
-                            "usage": {k: asdict(v) for k, v in usage.items()},
-                        }
-                    )
+                    runs[size][side].append(metered(meter, root + path, args))
         for size, coin in sizes.items():
             path = template.format(coin=coin)
             row = {"label": label, "size": size, "path": path, **_medians(runs[size])}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def metered(meter: Meter, url: str, args: Any) -> dict[str, Any]:
+    """One wrk run at full load, with each process's CPU and RSS."""
+    meter.start()
+    result = run_wrk(url, args.duration_s)
+    usage = meter.stop()
+    return {**asdict(result), "usage": {k: asdict(v) for k, v in usage.items()}}
 
 
 def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -304,6 +312,10 @@ async def _measure(args, workdir, env, nats_server, mongo_server, results) -> No
         results["soak_s"] = round(time.monotonic() - soak_started)
         results["rss_end_mb"] = {name: rss_mb(pid) for name, pid in pids.items()}
         results["history_route"] = await _has_history(service.url, biggest)
+        service.stop()
+        results["access_log"] = await access_logged(
+            workdir, env, sizes, service.database, baseline_url, pids, args
+        )
     finally:
         service.stop()
         baseline.terminate()
@@ -313,6 +325,34 @@ async def _measure(args, workdir, env, nats_server, mongo_server, results) -> No
         client, workdir, env, args.tick_coins, args.ticks, Service
     )
     await client.drain()
+
+
+async def access_logged(
+    workdir: Path,
+    env: dict[str, str],
+    sizes: dict[int, str],
+    database: str,
+    baseline_url: str,
+    pids: dict[str, int],
+    args: Any,
+) -> dict[str, Any]:
+    """/stats of the largest history again, the service now at the default
+    log level (info): one access-log line per request, written to a file."""
+    service = Service(workdir, env, list(sizes.values()), database, "info")
+    try:
+        await service.ready()
+        meter = Meter(pids | {"service": service.process.pid})
+        sides = (("baseline", baseline_url), ("service", service.url))
+        path = ENDPOINTS[0][1].format(coin=sizes[max(sizes)])
+        runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "service": []}
+        for _ in range(args.rounds):
+            for side, root in sides:
+                run = await asyncio.to_thread(metered, meter, root + path, args)
+                runs[side].append(run)
+    finally:
+        service.stop()
+    row = {"label": "/stats, access log on", "size": max(sizes), "path": path}
+    return row | _medians(runs)
 
 
 async def _has_history(url: str, coin: str) -> bool:
