@@ -262,16 +262,10 @@ async def test_each_request_has_an_id_in_its_header_and_access_log_line(
 
 
 async def test_access_log_off_keeps_request_ids_and_metrics(
-    nats_url: str, mongo_uri: str, fake_gecko: FakeCoinGecko
+    api_settings: Settings,
 ) -> None:
-    settings = make_settings(
-        nats_url,
-        mongo_uri,
-        fake_gecko.base_url,
-        service={"actors": ["store", "http_api"]},
-        schedule={"cron": "*/15 * * * *", "tick_at_start": False},
-        http={"access_log": False},
-    )
+    http = api_settings.http.model_copy(update={"access_log": False})
+    settings = api_settings.model_copy(update={"http": http})
     labels = {"route": "/healthz", "method": "GET", "status": "200"}
     before = sample("cryptostats_http_requests_total", **labels)
 
