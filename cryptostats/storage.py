@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
@@ -47,6 +47,17 @@ def connect(uri: str, timeout_s: float = 5.0) -> AsyncMongoClient[dict[str, Any]
         connectTimeoutMS=timeout_ms,
         appname="cryptostats",
     )
+
+
+class Saved(NamedTuple):
+    """What one `QuoteStore.save_many` changed."""
+
+    # Quotes added to the history.
+    added: int
+    # The new latest quote of each coin whose latest advanced.
+    newest: dict[str, Quote]
+    # Coins whose recent prices took quotes older than their latest.
+    revised: set[str]
 
 
 class QuoteStore:
@@ -89,11 +100,11 @@ class QuoteStore:
             pymongo.errors.PyMongoError: the database failed.
             LatestContendedError: see `save_many`.
         """
-        added, newest = await self.save_many([quote])
+        saved = await self.save_many([quote])
 
-        return added == 1, quote.coin in newest
+        return saved.added == 1, quote.coin in saved.newest
 
-    async def save_many(self, quotes: Sequence[Quote]) -> tuple[int, dict[str, Quote]]:
+    async def save_many(self, quotes: Sequence[Quote]) -> Saved:
         """Store quotes in the history and advance each coin's latest.
 
         Safe to repeat: a quote already stored changes nothing. The history
@@ -101,8 +112,7 @@ class QuoteStore:
         the batch's quotes newer than it in one update.
 
         Returns:
-            (quotes added to history, the new latest quote of each coin
-            whose latest advanced).
+            What changed: see `Saved`.
 
         Raises:
             pymongo.errors.PyMongoError: the database failed; nothing is lost
@@ -120,9 +130,9 @@ class QuoteStore:
             advanced = await self._advance_latest(coin, by_coin[coin])
             if advanced is not None:
                 newest[coin] = advanced
-        await self._remember_prices(_not_appended(by_coin, appended))
+        revised = await self._remember_prices(_not_appended(by_coin, appended))
 
-        return added, newest
+        return Saved(added, newest, revised)
 
     async def _advance_latest_together(
         self, by_coin: dict[str, list[Quote]]
@@ -262,27 +272,32 @@ class QuoteStore:
             },
         )
 
-    async def _remember_prices(self, by_coin: dict[str, list[Quote]]) -> None:
+    async def _remember_prices(self, by_coin: dict[str, list[Quote]]) -> set[str]:
         # Quotes no latest update appended: ones older than the latest
-        # (redelivered, or from another Store replica). They take their
-        # place in the sorted list: one update per coin when none of them is
-        # there yet, otherwise each alone unless already there.
+        # (redelivered, imported, or from another Store replica). They take
+        # their place in the sorted list: one update per coin when none of
+        # them is there yet, otherwise each alone unless already there.
+        # Returns the coins whose list changed (or may have).
         operations = [
             self._recent_operation(coin, _newer_than(quotes, None))
             for coin, quotes in by_coin.items()
         ]
         if not operations:
-            return
+            return set()
 
         result = await self._latest.bulk_write(operations, ordered=False)
+        revised = set(by_coin) if result.modified_count else set()
         if result.matched_count == len(operations):
-            return
+            return revised
 
         for quotes in by_coin.values():
             for quote in quotes:
-                await self._latest.bulk_write(
+                one = await self._latest.bulk_write(
                     [self._recent_operation(quote.coin, [quote])]
                 )
+                if one.modified_count:
+                    revised.add(quote.coin)
+        return revised
 
     def _recent_operation(self, coin: str, quotes: list[Quote]) -> UpdateOne:
         entries = [{"observed_at": q.observed_at, "price": q.price} for q in quotes]

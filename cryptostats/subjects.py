@@ -26,6 +26,10 @@ STORE_CONSUMER = "cryptostats-store"
 
 # Store -> anyone: a notice after a newer quote became a coin's latest.
 STORED_PREFIX = f"{PREFIX}.stored"
+# Store -> anyone: a coin's recent prices took quotes older than its latest
+# (an import of past history, a redelivery), so answers built from them,
+# like /deviation, may be out of date although the latest did not change.
+REVISED_PREFIX = f"{PREFIX}.revised"
 # Store -> anyone: the database refused a write (sent on each failed try),
 # so answers remembered from before may be out of date.
 STORE_UNAVAILABLE = f"{PREFIX}.store.unavailable"
@@ -52,3 +56,8 @@ def price_subject(coin: str, vs_currency: str) -> str:
 def stored_subject(coin: str) -> str:
     """The subject on which Store announces a coin's new latest quote."""
     return f"{STORED_PREFIX}.{coin}"
+
+
+def revised_subject(coin: str) -> str:
+    """The subject on which Store announces older quotes in a coin's recent prices."""
+    return f"{REVISED_PREFIX}.{coin}"

@@ -18,7 +18,7 @@ from cryptostats.history_import import (
     quotes_from_market_chart,
 )
 from cryptostats.main import parse_args, run_import
-from tests.conftest import ServiceProcess, run_actors, wait_for
+from tests.conftest import ServiceProcess, get_json, run_actors, wait_for
 
 CSV_ROWS = """snapped_at,price,market_cap,total_volume
 2024-01-01 00:00:00 UTC,100.0,0.0,5.0
@@ -166,3 +166,29 @@ async def test_the_store_says_how_to_import_history_of_an_empty_coin(
 
     assert {event["coin"] for event in events} == {"bitcoin", "ethereum"}
     assert events[0]["command"].startswith("python -m cryptostats import ")
+
+
+async def test_an_import_next_to_the_running_service_reaches_its_deviation(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Rows older than any quote the fake CoinGecko answers.
+    csv_file = tmp_path / "old.csv"
+    csv_file.write_text(CSV_ROWS.replace("2024-", "2020-"))
+    url = "/deviation?coin=bitcoin&window=10"
+    async with run_actors(settings) as running:
+        await running.tick()
+
+        async def counted(count: int) -> Any:
+            status, body = await get_json(running.http_url + url)
+            return body if status == 200 and body["count"] == count else None
+
+        await wait_for(lambda: counted(1), timeout_s=10)
+        # The CSV's rows are older than the quote just fetched: the latest
+        # stays, and its recent prices take them.
+        await run_import(
+            settings, ImportPlan(coins=("bitcoin",), csv_path=csv_file, progress=False)
+        )
+
+        body = await wait_for(lambda: counted(4), timeout_s=10)
+
+    assert body["deviation"] > 0

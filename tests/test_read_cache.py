@@ -227,6 +227,42 @@ async def test_after_a_notice_requests_do_not_wait_for_an_older_load(
     assert await cache.get("bitcoin", "stats", fresh) == {"price": 2.0}
 
 
+async def test_a_revised_notice_makes_the_next_read_ask_again(
+    client: NatsClient,
+) -> None:
+    cache = ReadCache(client)
+    load = CountingLoader(T2, {"deviation": 1.0})
+    async with cache.following():
+        await cache.get("bitcoin", ("deviation", 10), load)
+        load.answer = {"deviation": 2.0}
+
+        await client.publish(
+            subjects.revised_subject("bitcoin"), dumps({"coin": "bitcoin"})
+        )
+
+        async def fresh() -> bool:
+            answer = await cache.get("bitcoin", ("deviation", 10), load)
+            return answer == {"deviation": 2.0}
+
+        await wait_for(fresh, timeout_s=5)
+
+    assert load.calls == 2
+
+
+async def test_an_answer_loaded_across_a_drop_is_not_kept(client: NatsClient) -> None:
+    cache = ReadCache(client)
+    load = GatedLoader(T2, {"deviation": 1.0})
+    async with anyio.create_task_group() as group:
+        group.start_soon(cache.get, "bitcoin", "deviation", load)
+        await wait_for(lambda: called(load, 1), timeout_s=5)
+        cache.forget("bitcoin")
+        load.gate.set()
+    fresh = CountingLoader(T2, {"deviation": 2.0})
+
+    assert await cache.get("bitcoin", "deviation", fresh) == {"deviation": 2.0}
+    assert fresh.calls == 1
+
+
 async def test_the_api_serves_each_newer_quote_once_it_is_stored(
     settings: Settings, fake_gecko: FakeCoinGecko
 ) -> None:

@@ -42,9 +42,9 @@ async def test_a_batch_is_stored_once_however_often_it_is_saved(
     first = await store.save_many(batch)
     second = await store.save_many(batch)
 
-    assert first[0] == 9
-    assert sorted(first[1]) == ["bitcoin", "ethereum"]
-    assert second == (0, {})
+    assert first.added == 9
+    assert sorted(first.newest) == ["bitcoin", "ethereum"]
+    assert second == (0, {}, set())
 
 
 def recent_prices(document: dict[str, Any] | None) -> list[float]:
@@ -58,7 +58,7 @@ async def test_the_latest_keeps_the_newest_prices_in_time_order(
 ) -> None:
     await store.save_many([quote(i) for i in (3, 1, 2)])
 
-    added, newest = await store.save_many([quote(i) for i in (0, 6, 4, 5, 6)])
+    added, newest, _ = await store.save_many([quote(i) for i in (0, 6, 4, 5, 6)])
     latest = await store.latest("bitcoin")
 
     assert added == 4
@@ -73,10 +73,12 @@ async def test_an_older_batch_leaves_the_latest_alone_but_joins_recent_prices(
 ) -> None:
     await store.save_many([quote(9)])
 
-    added, newest = await store.save_many([quote(i) for i in range(3)])
+    saved = await store.save_many([quote(i) for i in range(3)])
+    again = await store.save_many([quote(i) for i in range(3)])
     latest = await store.latest("bitcoin")
 
-    assert (added, newest) == (3, {})
+    assert saved == (3, {}, {"bitcoin"})
+    assert again == (0, {}, set())
     assert latest is not None
     assert recent_prices(latest) == [100.0, 101.0, 102.0, 109.0]
 
@@ -87,7 +89,7 @@ async def test_one_batch_advances_the_latest_of_each_of_its_coins(
     coins = ["bitcoin", "ethereum", "solana"]
     await store.save_many([quote(1, coin) for coin in coins])
 
-    added, newest = await store.save_many(
+    added, newest, _ = await store.save_many(
         [quote(2, "bitcoin"), quote(0, "ethereum"), quote(3, "solana")]
     )
     documents = {coin: await store.latest(coin) for coin in coins}
@@ -108,17 +110,17 @@ async def test_two_stores_writing_one_coin_keep_its_prices_whole(
         await store.save_many([quote(1)])
         await other.save_many([quote(2)])
 
-        added, newest = await store.save_many([quote(3)])
+        added, newest, _ = await store.save_many([quote(3)])
         again = await store.save_many([quote(2)])
     finally:
         await client.close()
     latest = await store.latest("bitcoin")
 
     assert (added, newest) == (1, {"bitcoin": quote(3)})
-    assert again == (0, {})
+    assert again == (0, {}, set())
     assert latest is not None
     assert recent_prices(latest) == [101.0, 102.0, 103.0]
 
 
 async def test_an_empty_batch_writes_nothing(store: QuoteStore) -> None:
-    assert await store.save_many([]) == (0, {})
+    assert await store.save_many([]) == (0, {}, set())

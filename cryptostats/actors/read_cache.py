@@ -11,6 +11,10 @@ dropped after the NATS connection reconnected, since notices may have been
 missed while it was down, and whenever the Store says its database refused
 a write.
 
+A coin's answers are also dropped when the Store announces that quotes older
+than its latest joined its recent prices (an import of past history), and
+an answer whose load began before any drop is not kept.
+
 Requests that miss while the same answer is being loaded wait for that one
 load; a notice makes requests after it start a load of their own.
 """
@@ -60,6 +64,10 @@ class ReadCache:
         self._answers: dict[str, dict[Hashable, tuple[datetime, Any]]] = {}
         self._notified: dict[str, datetime] = {}
         self._pending: dict[str, dict[Hashable, _Pending]] = {}
+        # Bumped by each drop of a coin's answers (and of all), so that a
+        # load begun before a drop is not remembered after it.
+        self._drops: dict[str, int] = {}
+        self._drops_of_all = 0
         self._reconnects = 0
         self.hits = 0
         self.misses = 0
@@ -118,8 +126,12 @@ class ReadCache:
 
     async def _load(self, coin: str, key: Hashable, load: Loader) -> Any:
         self.misses += 1
+        drops = self._drops_of_all, self._drops.get(coin, 0)
         observed_text, answer = await load()
         if not self._nats.is_connected:
+            return answer
+        if drops != (self._drops_of_all, self._drops.get(coin, 0)):
+            # Dropped while loading: this answer may predate the reason.
             return answer
 
         observed_at = from_iso(observed_text)
@@ -176,10 +188,12 @@ class ReadCache:
         wildcard = f"{subjects.STORED_PREFIX}.*"
         async with (
             subscription(self._nats, wildcard) as sub,
+            subscription(self._nats, f"{subjects.REVISED_PREFIX}.*") as revised,
             subscription(self._nats, subjects.STORE_UNAVAILABLE) as trouble,
             anyio.create_task_group() as group,
         ):
             group.start_soon(self._listen, sub.messages)
+            group.start_soon(self._forget_revised, revised.messages)
             group.start_soon(self._forget_on_trouble, trouble.messages)
             try:
                 yield
@@ -197,6 +211,12 @@ class ReadCache:
                 continue
             self.notice(coin, observed_at)
 
+    async def _forget_revised(self, messages: AsyncIterator[Msg]) -> None:
+        # Older quotes joined a coin's recent prices: its latest is the same,
+        # but answers built from recent prices (/deviation) changed.
+        async for msg in messages:
+            self.forget(msg.subject.rpartition(".")[2])
+
     async def _forget_on_trouble(self, messages: AsyncIterator[Msg]) -> None:
         # While the database refuses writes, newer quotes wait in the stream:
         # answer from the Store (a 503 while it is down), not from memory.
@@ -210,9 +230,11 @@ class ReadCache:
         if coin is None:
             self._answers.clear()
             self._pending.clear()
+            self._drops_of_all += 1
         else:
             self._answers.pop(coin, None)
             self._pending.pop(coin, None)
+            self._drops[coin] = self._drops.get(coin, 0) + 1
 
     def _forget_if_reconnected(self) -> None:
         reconnects = self._reconnect_count()

@@ -28,7 +28,7 @@ from cryptostats.actors.store_queries import answer_query
 from cryptostats.errors import LatestContendedError
 from cryptostats.history_import import import_command
 from cryptostats.messages import Quote, dumps, loads
-from cryptostats.storage import QuoteStore, connect
+from cryptostats.storage import QuoteStore, Saved, connect
 
 log = structlog.get_logger("cryptostats.store", actor="store")
 
@@ -112,7 +112,7 @@ class Store:
 
     async def _save_batch(self, batch: list[Msg], store: QuoteStore) -> None:
         quotes, valid = await _parse_events(batch)
-        added, newest = await self._save_until_done(valid, quotes, store)
+        added, newest, revised = await self._save_until_done(valid, quotes, store)
 
         # Acknowledged only now that every quote of the batch is written.
         for msg in valid:
@@ -124,10 +124,15 @@ class Store:
             await self._nats.publish(
                 subjects.stored_subject(coin), dumps(quote.to_dict())
             )
+        # A coin whose latest advanced has had its notice already.
+        for coin in revised - newest.keys():
+            await self._nats.publish(
+                subjects.revised_subject(coin), dumps({"coin": coin})
+            )
 
     async def _save_until_done(
         self, msgs: list[Msg], quotes: list[Quote], store: QuoteStore
-    ) -> tuple[int, dict[str, Quote]]:
+    ) -> Saved:
         # Retrying in place, rather than nak-ing, keeps the batch whole and
         # in stream order while the database is away.
         while True:
