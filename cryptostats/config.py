@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from croniter import croniter
 from pydantic import (
@@ -64,7 +65,8 @@ class ScheduleSettings(_Section):
 
 class CoinSettings(_Section):
     ids: tuple[str, ...] = ("bitcoin", "ethereum", "polygon-ecosystem-token")
-    vs_currency: str = "usd"
+    # CoinGecko's currency codes are lowercase letters (usd, eur, btc, sats).
+    vs_currency: str = Field(default="usd", pattern=r"^[a-z]{2,10}$")
     # Former id -> the id CoinGecko uses now.
     aliases: dict[str, str] = Field(
         default_factory=lambda: {"matic-network": "polygon-ecosystem-token"}
@@ -133,6 +135,18 @@ class CoinGeckoSettings(_Section):
     calls_per_minute: float = Field(default=0, ge=0)
     max_url_chars: int = Field(default=4000, ge=256, le=65536)
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, base_url: str) -> str:
+        if base_url:
+            url = urlsplit(base_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"not an http(s) URL with a host: {base_url!r}"
+                    " (leave it empty for the plan's host)"
+                )
+        return base_url
+
     @model_validator(mode="after")
     def _key_fits_plan(self) -> CoinGeckoSettings:
         # The messages name the setting, never its value.
@@ -173,7 +187,8 @@ class NatsSettings(_Section):
 
 class MongoSettings(_Section):
     uri: str = ""
-    database: str = "cryptostats"
+    # MongoDB refuses names with spaces, dots, slashes, quotes or '$'.
+    database: str = Field(default="cryptostats", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     recent_prices: int = Field(default=1000, ge=2, le=100_000)
     query_timeout_s: float = Field(default=1.0, gt=0)
 

@@ -64,6 +64,13 @@ def test_flags_override_the_environment() -> None:
         ({"coins": {"ids": ["Bitcoin"]}}, "coins.ids"),
         ({"http": {"port": 70000}}, "http.port"),
         ({"nats": {"colour": "blue"}}, "nats.colour"),
+        ({"coins": {"vs_currency": ""}}, "coins.vs_currency"),
+        ({"coins": {"vs_currency": "US Dollar"}}, "coins.vs_currency"),
+        ({"coingecko": {"base_url": "localhost:8080"}}, "coingecko.base_url"),
+        ({"coingecko": {"base_url": "ftp://example.com"}}, "coingecko.base_url"),
+        ({"coingecko": {"base_url": "http://"}}, "coingecko.base_url"),
+        ({"mongo": {"database": "my db"}}, "mongo.database"),
+        ({"mongo": {"database": ""}}, "mongo.database"),
     ],
 )
 def test_an_invalid_setting_is_a_config_error_naming_the_key(
