@@ -393,6 +393,28 @@ async def test_unknown_routes_and_wrong_methods_get_json_errors(
         assert "GET" in wrong[2]
 
 
+async def test_uncommon_methods_share_one_metrics_label(api_settings: Settings) -> None:
+    labels = {"route": "unmatched", "method": "other", "status": "405"}
+    before = sample("cryptostats_http_requests_total", **labels)
+
+    async with run_actors(api_settings) as api:
+        async with aiohttp.ClientSession() as session:
+            for method in ("PROPFIND", "MKCOL", "PURGE"):
+                async with session.request(method, f"{api.http_url}/stats") as response:
+                    assert response.status == 405
+
+    assert sample("cryptostats_http_requests_total", **labels) - before == 3
+    assert (
+        sample(
+            "cryptostats_http_requests_total",
+            route="unmatched",
+            method="FROB",
+            status="405",
+        )
+        == 0
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [

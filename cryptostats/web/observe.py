@@ -26,6 +26,12 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_LOGGED_PATH = 256
 # The route label of requests no route answers (404s and 405s).
 UNMATCHED = "unmatched"
+# Method labels: a client may send any token as a method, and each new
+# label value would be a new series kept forever.
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+)
+OTHER_METHOD = "other"
 
 
 # A random prefix per process and a counter: unique without a system call
@@ -76,7 +82,10 @@ def observed(route: str, handler: Handler, *, access_log: bool = True) -> Handle
                 response = error_answer(request, exc)
             response.headers[REQUEST_ID_HEADER] = rid
             elapsed_s = time.perf_counter() - started
-            metrics.HTTP.observe(route, request.method, response.status, elapsed_s)
+            method = request.method
+            if method not in KNOWN_METHODS:
+                method = OTHER_METHOD
+            metrics.HTTP.observe(route, method, response.status, elapsed_s)
             if access_log and enabled_for(logging.INFO):
                 _log(request, route, response.status, elapsed_s, rid)
         finally:
