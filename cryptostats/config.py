@@ -20,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -53,7 +55,7 @@ class ServiceSettings(_Section):
 
 class ScheduleSettings(_Section):
     cron: str = "*/15 * * * *"
-    tick_at_start: bool = True
+    tick_at_start: StrictBool = True
 
     @field_validator("cron")
     @classmethod
@@ -128,21 +130,22 @@ class CoinGeckoSettings(_Section):
     base_url: str = ""
     api_key: str = Field(default="", repr=False)
     timeout_s: float = Field(default=10.0, gt=0)
-    attempts: int = Field(default=3, ge=1, le=10)
+    attempts: StrictInt = Field(default=3, ge=1, le=10)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     # 0: the plan's limit (PLAN_CALLS_PER_MINUTE).
     calls_per_minute: float = Field(default=0, ge=0)
-    max_url_chars: int = Field(default=4000, ge=256, le=65536)
+    max_url_chars: StrictInt = Field(default=4000, ge=256, le=65536)
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, base_url: str) -> str:
         if base_url:
             url = urlsplit(base_url)
-            if url.scheme not in ("http", "https") or not url.hostname:
+            spaced = any(char.isspace() for char in base_url)
+            if url.scheme not in ("http", "https") or not url.hostname or spaced:
                 raise ValueError(
-                    f"not an http(s) URL with a host: {base_url!r}"
+                    f"not an http(s) URL with a host and no spaces: {base_url!r}"
                     " (leave it empty for the plan's host)"
                 )
         return base_url
@@ -189,19 +192,21 @@ class MongoSettings(_Section):
     uri: str = ""
     # MongoDB refuses names with spaces, dots, slashes, quotes or '$'.
     database: str = Field(default="cryptostats", pattern=r"^[A-Za-z0-9_-]{1,63}$")
-    recent_prices: int = Field(default=1000, ge=2, le=100_000)
+    recent_prices: StrictInt = Field(default=1000, ge=2, le=100_000)
     query_timeout_s: float = Field(default=1.0, gt=0)
 
 
 class HttpSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=3000, ge=0, le=65535)
+    # An empty host would listen on every interface: say 0.0.0.0 to mean it.
+    host: str = Field(default="127.0.0.1", min_length=1)
+    # 0 picks a free port (logged in `http_listening`).
+    port: StrictInt = Field(default=3000, ge=0, le=65535)
     query_timeout_s: float = Field(default=2.0, gt=0)
-    access_log: bool = True
+    access_log: StrictBool = True
 
 
 class SupervisorSettings(_Section):
-    restart_budget: int = Field(default=5, ge=0)
+    restart_budget: StrictInt = Field(default=5, ge=0)
     budget_window_s: float = Field(default=60.0, gt=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=15.0, gt=0)
@@ -276,7 +281,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 

@@ -71,6 +71,14 @@ def test_flags_override_the_environment() -> None:
         ({"coingecko": {"base_url": "http://"}}, "coingecko.base_url"),
         ({"mongo": {"database": "my db"}}, "mongo.database"),
         ({"mongo": {"database": ""}}, "mongo.database"),
+        ({"coingecko": {"base_url": "http://h/api v3"}}, "coingecko.base_url"),
+        ({"http": {"host": ""}}, "http.host"),
+        ({"http": {"port": True}}, "http.port"),
+        ({"http": {"port": "3001"}}, "http.port"),
+        ({"http": {"port": 3001.0}}, "http.port"),
+        ({"http": {"access_log": 1}}, "http.access_log"),
+        ({"http": {"access_log": "false"}}, "http.access_log"),
+        ({"schedule": {"tick_at_start": "yes"}}, "schedule.tick_at_start"),
     ],
 )
 def test_an_invalid_setting_is_a_config_error_naming_the_key(
@@ -88,3 +96,11 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(broken, environ={})
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"[http]\nport = 3001\n# caf\xe9\n")
+
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(latin1, environ={})
