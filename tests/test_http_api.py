@@ -237,6 +237,29 @@ async def test_stats_may_be_cached_until_the_next_tick(
         assert changed == 200
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"If-None-Match": '"x"'},
+        {"If-Modified-Since": "Thu, 01 Jan 2099 00:00:00 GMT"},
+    ],
+)
+async def test_if_modified_since_is_ignored_beside_if_none_match_or_in_the_future(
+    api_settings: Settings, extra: dict[str, str]
+) -> None:
+    async with run_actors(api_settings) as api:
+        await seed(api_settings, [quote_at(T0, 5.0)])
+        url = f"{api.http_url}/stats?coin=bitcoin"
+        _, headers, _ = await get(url)
+
+        status, _, body = await get(
+            url, **({"If-Modified-Since": headers["Last-Modified"]} | extra)
+        )
+
+    assert status == 200
+    assert body
+
+
 async def test_each_request_has_an_id_in_its_header_and_access_log_line(
     api_settings: Settings,
 ) -> None:
@@ -276,6 +299,21 @@ async def test_access_log_off_keeps_request_ids_and_metrics(
     assert headers["X-Request-Id"]
     assert [e for e in events if e["event"] == "http_request"] == []
     assert sample("cryptostats_http_requests_total", **labels) - before == 1
+
+
+async def test_port_0_listens_on_a_free_port_and_logs_it(
+    api_settings: Settings,
+) -> None:
+    http = api_settings.http.model_copy(update={"port": 0})
+    settings = api_settings.model_copy(update={"http": http})
+
+    with structlog.testing.capture_logs() as events:
+        async with run_actors(settings):
+            [url] = [e["url"] for e in events if e["event"] == "http_listening"]
+            status, _, _ = await get(f"{url}/healthz")
+
+    assert not url.endswith(":0")
+    assert status == 200
 
 
 def sample(name: str, **labels: str) -> float:

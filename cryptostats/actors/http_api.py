@@ -97,7 +97,7 @@ class HttpApi:
             site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
             async with self._reads.following():
                 await _listen(site, http.host, http.port)
-                log.info("http_listening", url=f"http://{http.host}:{http.port}")
+                log.info("http_listening", url=_listening_url(runner))
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
@@ -293,6 +293,13 @@ class HttpApi:
         return (
             answer if isinstance(answer, dict) else {"error": {"message": "bad answer"}}
         )
+
+
+def _listening_url(runner: web.AppRunner) -> str:
+    """The URL actually listened on: port 0 picks a free port."""
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
 
 
 async def _listen(site: web.TCPSite, host: str, port: int) -> None:

@@ -51,11 +51,17 @@ def http_date(moment: datetime) -> str:
 
 
 def not_modified(request: web.Request, observed_at: datetime) -> bool:
-    """True when the caller's `If-Modified-Since` already covers `observed_at`."""
-    if hdrs.IF_MODIFIED_SINCE not in request.headers:
+    """True when the caller's `If-Modified-Since` already covers `observed_at`.
+
+    As HTTP has it (RFC 9110, 13.1.3): the date is ignored when the request
+    also carries `If-None-Match` (we send no ETag, so nothing matches it),
+    and when it lies in the future.
+    """
+    headers = request.headers
+    if hdrs.IF_MODIFIED_SINCE not in headers or hdrs.IF_NONE_MATCH in headers:
         return False
     since = request.if_modified_since
-    if since is None:
+    if since is None or since > datetime.now(UTC):
         return False
 
     return observed_at.replace(microsecond=0) <= since
