@@ -7,6 +7,7 @@ import sys
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import structlog
 
 # The id of the HTTP request being answered: every event logged while
@@ -46,10 +47,10 @@ def configure_logging(
     global _level
     _level = logging.getLevelNamesMapping()[level.upper()]
     use_json = not sys.stderr.isatty() if json is None else json
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+    renderer, output = (
+        _json_output()
         if use_json
-        else structlog.dev.ConsoleRenderer()
+        else (structlog.dev.ConsoleRenderer(), structlog.PrintLoggerFactory(sys.stderr))
     )
     structlog.configure(
         processors=[
@@ -63,6 +64,23 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=output,
         cache_logger_on_first_use=cache,
+    )
+
+
+def _json_output() -> tuple[structlog.typing.Processor, Any]:
+    """orjson writing bytes: at full load an access-log line rendered by the
+    standard json module and printed as text cost a sixth more of a /stats
+    answer served from memory."""
+    binary = getattr(sys.stderr, "buffer", None)
+    if binary is None:
+        # A stderr replaced by one without bytes (some test runners).
+        return structlog.processors.JSONRenderer(), structlog.PrintLoggerFactory(
+            sys.stderr
+        )
+
+    return (
+        structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        structlog.BytesLoggerFactory(binary),
     )

@@ -105,7 +105,7 @@ async def test_the_service_serves_real_history_as_fetched(tmp_path: Path) -> Non
             code = service.stop()
 
     assert code == 0, service.log()
-    assert '"event": "service_ready"' in service.log()
+    assert service.events("service_ready")
 
 
 async def test_two_processes_with_complementary_actors_behave_as_one(

@@ -4,7 +4,6 @@ stored exactly once, and the service answers again afterwards."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -430,17 +429,6 @@ def start_service(
     )
 
 
-def events(service: ServiceProcess, name: str) -> list[dict[str, Any]]:
-    """Every logged event called `name`, in order."""
-    found = []
-    for line in service.log().splitlines():
-        if line.startswith("{") and f'"{name}"' in line:
-            event = json.loads(line)
-            if event.get("event") == name:
-                found.append(event)
-    return found
-
-
 def http_url(config: Path) -> str:
     port = next(
         line.split("=")[1].strip()
@@ -460,7 +448,7 @@ def database_name(config: Path) -> str:
 
 def embedded_pid(service: ServiceProcess, server: str, nth: int = 0) -> int:
     ready = [
-        e for e in events(service, "embedded_server_ready") if e["server"] == server
+        e for e in service.events("embedded_server_ready") if e["server"] == server
     ]
     return int(ready[nth]["pid"])
 
@@ -480,7 +468,7 @@ async def gone(pid: int) -> bool:
 
 async def logged(service: ServiceProcess, name: str, count: int = 1) -> bool:
     assert service.process.poll() is None, service.log()[-3000:]
-    return len(events(service, name)) >= count
+    return len(service.events(name)) >= count
 
 
 # 4 -------------------------------------------------------------------------
@@ -524,7 +512,7 @@ async def _stream_holds(service: ServiceProcess, count: int) -> bool:
     """True once the price stream of the service's embedded NATS holds
     `count` events."""
     ready = [
-        e for e in events(service, "embedded_server_ready") if e["server"] == "nats"
+        e for e in service.events("embedded_server_ready") if e["server"] == "nats"
     ]
     client = await nats.connect(f"nats://127.0.0.1:{ready[-1]['port']}")
     try:
@@ -554,11 +542,11 @@ async def test_sigterm_during_a_slow_upstream_call_exits_cleanly_within_5s(
         service.process.kill()
 
     text = service.log()
-    stopped = {e["server"] for e in events(service, "embedded_server_stopped")}
+    stopped = {e["server"] for e in service.events("embedded_server_stopped")}
     assert code == 0, text[-3000:]
     assert elapsed_s < 5.0
-    assert events(service, "nats_drained")
-    assert events(service, "database_closed")
+    assert service.events("nats_drained")
+    assert service.events("database_closed")
     assert stopped == {"nats", "secantusdb"}
     for bad in ("Task was destroyed", "Unclosed", "Traceback", "ResourceWarning"):
         assert bad not in text
@@ -592,15 +580,15 @@ async def test_an_actor_crashing_at_every_start_makes_the_process_exit_non_zero(
     finally:
         service.process.kill()
 
-    exceeded = events(service, "actor_budget_exceeded")
+    exceeded = service.events("actor_budget_exceeded")
     assert code == 1
     assert len(exceeded) == 1
     assert exceeded[0]["actor"] == "store"
     assert "Port must be an integer" in exceeded[0]["cause"]
-    assert len(events(service, "actor_restarting")) == 2
+    assert len(service.events("actor_restarting")) == 2
     assert any(
         e["error_type"] == "ActorBudgetExceededError"
-        for e in events(service, "service_failed")
+        for e in service.events("service_failed")
     )
 
 
@@ -641,7 +629,7 @@ async def test_a_killed_embedded_server_is_restarted_and_storing_goes_on(
 
 async def _ready_again(service: ServiceProcess, server: str) -> bool:
     ready = [
-        e for e in events(service, "embedded_server_ready") if e["server"] == server
+        e for e in service.events("embedded_server_ready") if e["server"] == server
     ]
     return len(ready) >= 2
 
