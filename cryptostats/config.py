@@ -224,6 +224,22 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
 
+    @model_validator(mode="after")
+    def _store_answers_before_http_gives_up(self) -> Settings:
+        # With both in one process: a Store slower than HttpApi's patience
+        # turns "database unavailable" into a bare store timeout. The
+        # driver looks for a returning server every 0.5 s.
+        actors = set(self.service.actors)
+        if {"store", "http_api"} <= actors and (
+            self.mongo.query_timeout_s + 0.5 > self.http.query_timeout_s
+        ):
+            raise ValueError(
+                "mongo.query_timeout_s must be at least 0.5 s below"
+                f" http.query_timeout_s ({self.mongo.query_timeout_s}"
+                f" vs {self.http.query_timeout_s})"
+            )
+        return self
+
 
 # Environment variable -> (section, key).
 ENVIRONMENT = {
@@ -288,8 +304,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _describe(exc: ValidationError, path: Path | None) -> str:
     # A value may come from the file, the environment or a flag.
     where = f" (from {path}, the environment or flags)" if path else ""
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-        for error in exc.errors()
-    ]
+    problems = [_problem(error) for error in exc.errors()]
     return f"invalid settings{where}: " + "; ".join(problems)
+
+
+def _problem(error: Any) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    key = ".".join(str(part) for part in error["loc"])
+    # A check across sections names its keys in the message itself.
+    return f"{key}: {message}" if key else message

@@ -79,6 +79,7 @@ def test_flags_override_the_environment() -> None:
         ({"http": {"access_log": 1}}, "http.access_log"),
         ({"http": {"access_log": "false"}}, "http.access_log"),
         ({"schedule": {"tick_at_start": "yes"}}, "schedule.tick_at_start"),
+        ({"mongo": {"query_timeout_s": 2.0}}, "mongo.query_timeout_s"),
     ],
 )
 def test_an_invalid_setting_is_a_config_error_naming_the_key(
@@ -104,3 +105,13 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(latin1, environ={})
+
+
+def test_the_timeouts_of_store_and_http_api_apart_are_not_compared() -> None:
+    settings = load_settings(
+        None,
+        environ={},
+        overrides={"service": {"actors": ["store"]}, "mongo": {"query_timeout_s": 5}},
+    )
+
+    assert settings.mongo.query_timeout_s == 5
