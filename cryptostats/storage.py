@@ -127,9 +127,11 @@ class QuoteStore:
 
         newest, contended, appended = await self._advance_latest_together(by_coin)
         for coin in contended:
-            advanced = await self._advance_latest(coin, by_coin[coin])
-            if advanced is not None:
-                newest[coin] = advanced
+            latest, pushed = await self._advance_latest(coin, by_coin[coin])
+            if latest is not None:
+                newest[coin] = latest
+            if pushed:
+                appended[coin] = pushed
         revised = await self._remember_prices(_not_appended(by_coin, appended))
 
         return Saved(added, newest, revised)
@@ -213,9 +215,14 @@ class QuoteStore:
 
         return len(result.inserted_ids)
 
-    async def _advance_latest(self, coin: str, quotes: list[Quote]) -> Quote | None:
+    async def _advance_latest(
+        self, coin: str, quotes: list[Quote]
+    ) -> tuple[Quote | None, list[Quote]]:
         # Compare-and-set on the observed time read first: if another writer
         # moved the latest in between, the write misses and we read again.
+        # Returns the coin's latest if it is one of `quotes`, and the quotes
+        # this call appended to the recent list (so that they are not
+        # checked against it one by one afterwards).
         for _ in range(LATEST_ATTEMPTS):
             current = await self._latest.find_one({"_id": coin}, {"observed_at": 1})
             since = current["observed_at"] if current else None
@@ -223,10 +230,10 @@ class QuoteStore:
             if not newer:
                 # Already ours (an earlier attempt wrote it before failing):
                 # report it again, so the stored notice is not lost.
-                return next((q for q in quotes if q.observed_at == since), None)
+                return next((q for q in quotes if q.observed_at == since), None), []
             if await self._write_latest(coin, newer, since):
                 self._known[coin] = newer[-1].observed_at
-                return newer[-1]
+                return newer[-1], newer
 
         raise LatestContendedError(coin, LATEST_ATTEMPTS)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from cryptostats.messages import Quote
 from cryptostats.storage import QuoteStore, connect
@@ -120,6 +120,49 @@ async def test_two_stores_writing_one_coin_keep_its_prices_whole(
     assert again == (0, {}, set())
     assert latest is not None
     assert recent_prices(latest) == [101.0, 102.0, 103.0]
+
+
+class LatestUpdates(monitoring.CommandListener):
+    """Counts the update commands sent to the `latest` collection."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command["update"] == "latest":
+            self.count += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_replica_behind_another_appends_a_batch_in_a_few_writes(
+    store: QuoteStore, mongo_uri: str
+) -> None:
+    # The other replica moved the latest since `store` last looked: its
+    # compare-and-set misses, and the batch takes the one-coin path, which
+    # must not then check each of its quotes against the list one by one.
+    updates = LatestUpdates()
+    client: AsyncMongoClient = AsyncMongoClient(
+        mongo_uri, tz_aware=True, event_listeners=[updates]
+    )
+    behind = QuoteStore(client[store.database_name], recent_prices=5)
+    try:
+        await behind.save_many([quote(0)])
+        await store.save_many([quote(1)])
+        before = updates.count
+
+        added, newest, _ = await behind.save_many([quote(i) for i in range(5, 45)])
+    finally:
+        await client.close()
+    latest = await store.latest("bitcoin")
+
+    assert (added, newest) == (40, {"bitcoin": quote(44)})
+    assert updates.count - before <= 2
+    assert recent_prices(latest) == [140.0, 141.0, 142.0, 143.0, 144.0]
 
 
 async def test_an_empty_batch_writes_nothing(store: QuoteStore) -> None:
