@@ -4,13 +4,16 @@ Used when `NATS_URL` or `MONGO_URI` is not set. Each child listens on a free
 loopback port with its data under the data dir, and is asked by the kernel to
 die with its parent (PR_SET_PDEATHSIG), so a SIGKILLed service leaves no
 orphan server behind. `keep_alive` restarts a child that dies unasked, on the
-same port with the same data.
+same port with the same data. `claim_data_dir` makes one process the owner of
+a data dir's servers and tells the others where they listen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -20,6 +23,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -29,6 +33,9 @@ from cryptostats.errors import EmbeddedServerError
 log = structlog.get_logger("cryptostats.embedded")
 
 _PR_SET_PDEATHSIG = 1
+LOCK_FILE = "servers.lock"
+SERVERS_FILE = "servers.json"
+ANNOUNCE_WAIT_S = 30.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -232,3 +239,84 @@ def nats_url(server: EmbeddedServer) -> str:
 def mongo_uri(server: EmbeddedServer) -> str:
     """The client URI of an embedded SecantusDB (a direct connection)."""
     return f"mongodb://127.0.0.1:{server.port}/?directConnection=true"
+
+
+@dataclass(frozen=True)
+class RunningServers:
+    """Where the embedded servers of another process listen."""
+
+    pid: int
+    nats_url: str | None
+    mongo_uri: str | None
+
+
+class DataDirClaim:
+    """This process's hold on the embedded servers of one data dir.
+
+    The hold is an exclusive flock on `servers.lock`, which the kernel drops
+    when the process dies, however it dies; `servers.json` beside it tells
+    other processes where the servers listen.
+    """
+
+    def __init__(self, data_dir: Path, fd: int) -> None:
+        self._servers_path = data_dir / SERVERS_FILE
+        self._fd: int | None = fd
+        # Left by an owner that was killed: nobody runs those servers now.
+        self._servers_path.unlink(missing_ok=True)
+
+    def announce(self, nats_url: str | None, mongo_uri: str | None) -> None:
+        """Tell other processes where this process's servers listen."""
+        record = {"pid": os.getpid(), "natsUrl": nats_url, "mongoUri": mongo_uri}
+        partial = self._servers_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(record))
+        partial.replace(self._servers_path)
+
+    def release(self) -> None:
+        """Give the data dir up, once its servers have stopped."""
+        if self._fd is None:
+            return
+
+        self._servers_path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def claim_data_dir(data_dir: Path) -> DataDirClaim | None:
+    """Become the process that runs `data_dir`'s embedded servers.
+
+    Returns:
+        The claim, or None when another living process holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+
+    return DataDirClaim(data_dir, fd)
+
+
+async def running_servers(
+    data_dir: Path, wait_s: float = ANNOUNCE_WAIT_S
+) -> RunningServers:
+    """The servers of the process holding `data_dir`'s claim, once announced.
+
+    Raises:
+        EmbeddedServerError: the holder announced none within `wait_s` (its
+            servers are still starting, or failed to).
+    """
+    path = data_dir / SERVERS_FILE
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            await asyncio.sleep(0.1)
+            continue
+        return RunningServers(record["pid"], record["natsUrl"], record["mongoUri"])
+
+    raise EmbeddedServerError(
+        "servers", f"the process holding {data_dir} announced none in {wait_s}s"
+    )

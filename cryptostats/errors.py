@@ -37,6 +37,19 @@ class EmbeddedServerError(CryptostatsError, RuntimeError):
         self.reason = reason
 
 
+class DataDirInUseError(ConfigError):
+    """Another process runs the embedded servers of this data dir.
+
+    `pid` is that process; the message says how to run beside it.
+    """
+
+    def __init__(self, data_dir: str, pid: int, advice: str) -> None:
+        super().__init__(f"data dir {data_dir} is in use by process {pid}: {advice}")
+        self.data_dir = data_dir
+        self.pid = pid
+        self.advice = advice
+
+
 class QuoteInvalidError(CryptostatsError, ValueError):
     """An upstream value cannot be a quote (missing, non-finite, not positive)."""
 

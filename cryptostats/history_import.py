@@ -143,9 +143,13 @@ class ImportReport:
     duplicates: int = 0
 
 
-def import_command(coin: str, source: str = "--market-chart") -> str:
-    """The command line that fills the history of `coin`."""
-    return f"python -m cryptostats import {source} --coin {coin}"
+def import_command(
+    coin: str, data_dir: Path | None = None, source: str = "--market-chart"
+) -> str:
+    """The command line that fills the history of `coin`, beside a service
+    whose embedded servers keep their data in `data_dir` (None: the default)."""
+    where = f" --data-dir {data_dir}" if data_dir is not None else ""
+    return f"python -m cryptostats{where} import {source} --coin {coin}"
 
 
 def quotes_from_csv(

@@ -37,7 +37,12 @@ from cryptostats.actors.publisher import Publisher
 from cryptostats.actors.store import Store
 from cryptostats.actors.ticker import Ticker
 from cryptostats.config import ACTOR_NAMES, Settings, load_settings
-from cryptostats.errors import ConfigError, CryptostatsError, ImportFailedError
+from cryptostats.errors import (
+    ConfigError,
+    CryptostatsError,
+    DataDirInUseError,
+    ImportFailedError,
+)
 from cryptostats.history_import import ImportPlan, ImportReport
 from cryptostats.logs import configure_logging
 from cryptostats.supervisor import Actor, Supervisor
@@ -90,8 +95,8 @@ def _add_import_command(commands: Any) -> None:
         "import",
         help="fill stored history from CoinGecko, then exit",
         description="Store past quotes through the Publisher and the Store. "
-        "Running it twice stores nothing new. With embedded servers, stop "
-        "the service first: both would use the same data dir.",
+        "Running it twice stores nothing new. It runs beside a service on "
+        "the same data dir, through that service's embedded servers.",
     )
     source = command.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -162,8 +167,8 @@ async def run_service(settings: Settings, started: float) -> int:
     """Start what `settings` asks for, run it until a signal, stop it all.
 
     Returns:
-        The process exit code: 0 after a clean stop, EXIT_CONFIG when an
-        actor found the configuration unusable (a rejected API key).
+        The process exit code: 0 after a clean stop, EXIT_CONFIG when the
+        configuration is unusable (a rejected API key, a data dir in use).
     """
     try:
         async with AsyncExitStack() as stack:
@@ -172,21 +177,15 @@ async def run_service(settings: Settings, started: float) -> int:
             stack.push_async_callback(_drain, client)
             return await supervise(settings, client, started)
     except (CryptostatsError, ExceptionGroup) as exc:
-        leaves = _leaves(exc)
-        for error in leaves:
-            log.error(
-                "service_failed", error=str(error), error_type=type(error).__name__
-            )
-        if any(isinstance(error, ConfigError) for error in leaves):
-            return EXIT_CONFIG
-        return EXIT_CRASHED
+        return _failed("service_failed", exc)
 
 
 async def run_import_command(settings: Settings, args: argparse.Namespace) -> int:
     """Run `import` as the command line asked.
 
     Returns:
-        The process exit code: 0 once every quote is stored.
+        The process exit code: 0 once every quote is stored, EXIT_CONFIG
+        for a command line or data dir that cannot be used.
     """
     try:
         plan = ImportPlan.from_args(args, settings)
@@ -197,10 +196,7 @@ async def run_import_command(settings: Settings, args: argparse.Namespace) -> in
     try:
         report = await run_import(settings, plan)
     except (CryptostatsError, ExceptionGroup) as exc:
-        for error in _leaves(exc):
-            kind = type(error).__name__
-            log.error("import_failed", error=str(error), error_type=kind)
-        return EXIT_CRASHED
+        return _failed("import_failed", exc)
 
     log.info("history_imported", **vars(report))
     return 0
@@ -212,14 +208,19 @@ async def run_import(settings: Settings, plan: ImportPlan) -> ImportReport:
     Returns:
         What was read, published, and already held.
 
+    With embedded servers, a service running on the same data dir lends
+    them: the import then runs beside it.
+
     Raises:
         ImportFailedError: a source could not be read or handed on.
         EmbeddedServerError: an embedded server did not start.
+        DataDirInUseError: the process holding the data dir runs no
+            embedded server of the kind needed.
     """
     service = settings.service.model_copy(update={"actors": ("publisher", "store")})
     settings = settings.model_copy(update={"service": service})
     async with AsyncExitStack() as stack:
-        settings = await start_embedded_servers(settings, stack)
+        settings = await start_embedded_servers(settings, stack, share=True)
         client = await connect_nats(settings.nats.url)
         stack.push_async_callback(_drain, client)
         supervisor = build_supervisor(settings, client)
@@ -231,43 +232,110 @@ async def run_import(settings: Settings, plan: ImportPlan) -> ImportReport:
                 await supervisor.stop()
 
 
+def _failed(event: str, exc: BaseException) -> int:
+    """Log each error inside `exc` as `event`; the exit code it calls for."""
+    leaves = _leaves(exc)
+    for error in leaves:
+        log.error(event, error=str(error), error_type=type(error).__name__)
+    if any(isinstance(error, ConfigError) for error in leaves):
+        return EXIT_CONFIG
+
+    return EXIT_CRASHED
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
 
 
-async def start_embedded_servers(settings: Settings, stack: AsyncExitStack) -> Settings:
+async def start_embedded_servers(
+    settings: Settings, stack: AsyncExitStack, *, share: bool = False
+) -> Settings:
     """Start nats-server and SecantusDB where no URL is configured, and
     restart either if it dies while the service runs.
+
+    Args:
+        share: when another process already runs the data dir's servers,
+            use them (a short-lived command, such as `import`) instead of
+            refusing to start.
 
     Returns:
         The settings with the embedded servers' URLs filled in.
 
     Raises:
         EmbeddedServerError: a server did not start.
+        DataDirInUseError: another process runs the data dir's servers, and
+            `share` is false or they are not the ones needed.
     """
     data_dir = settings.service.data_dir.resolve()
-    nats_settings, mongo_settings = settings.nats, settings.mongo
+    wants_nats = not settings.nats.url
+    wants_mongo = not settings.mongo.uri and bool(
+        NEEDS_MONGO & set(settings.service.actors)
+    )
+    if not (wants_nats or wants_mongo):
+        return settings
+
+    claim = embedded.claim_data_dir(data_dir)
+    if claim is None:
+        running = await embedded.running_servers(data_dir)
+        return _with_running(settings, data_dir, running, share=share)
+    stack.callback(claim.release)
+
+    nats_url, mongo_uri = settings.nats.url, settings.mongo.uri
     watchdogs = await stack.enter_async_context(anyio.create_task_group())
     stack.callback(watchdogs.cancel_scope.cancel)
-
-    if not settings.nats.url:
+    if wants_nats:
         server = await _run_embedded(embedded.embedded_nats(data_dir), stack, watchdogs)
-        nats_settings = nats_settings.model_copy(
-            update={"url": embedded.nats_url(server)}
-        )
-
-    wants_mongo = NEEDS_MONGO & set(settings.service.actors)
-    if not settings.mongo.uri and wants_mongo:
+        nats_url = embedded.nats_url(server)
+    if wants_mongo:
         server = await _run_embedded(
             embedded.embedded_mongo(data_dir), stack, watchdogs
         )
-        mongo_settings = mongo_settings.model_copy(
-            update={"uri": embedded.mongo_uri(server)}
-        )
+        mongo_uri = embedded.mongo_uri(server)
+    claim.announce(nats_url if wants_nats else None, mongo_uri if wants_mongo else None)
 
-    return settings.model_copy(update={"nats": nats_settings, "mongo": mongo_settings})
+    return _with_urls(settings, nats_url, mongo_uri)
+
+
+def _with_running(
+    settings: Settings,
+    data_dir: Path,
+    running: embedded.RunningServers,
+    *,
+    share: bool,
+) -> Settings:
+    """The settings pointed at another process's embedded servers."""
+    nats_url = settings.nats.url or running.nats_url
+    mongo_uri = settings.mongo.uri or (
+        running.mongo_uri if NEEDS_MONGO & set(settings.service.actors) else ""
+    )
+    usable = nats_url is not None and mongo_uri is not None
+    if share and usable:
+        log.info("embedded_servers_shared", data_dir=str(data_dir), pid=running.pid)
+        return _with_urls(settings, nats_url or "", mongo_uri or "")
+
+    urls = [
+        f"{name}={url}"
+        for name, url in (
+            ("NATS_URL", running.nats_url),
+            ("MONGO_URI", running.mongo_uri),
+        )
+        if url
+    ]
+    advice = "stop it, or give this process another --data-dir"
+    if urls:
+        advice += f", or run it beside it with {' '.join(urls)}"
+    raise DataDirInUseError(str(data_dir), running.pid, advice)
+
+
+def _with_urls(settings: Settings, nats_url: str, mongo_uri: str) -> Settings:
+    return settings.model_copy(
+        update={
+            "nats": settings.nats.model_copy(update={"url": nats_url}),
+            "mongo": settings.mongo.model_copy(update={"uri": mongo_uri}),
+        }
+    )
 
 
 async def _run_embedded(

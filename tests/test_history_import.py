@@ -11,6 +11,7 @@ import pytest
 import structlog
 from pymongo import AsyncMongoClient
 
+from cryptostats import embedded
 from cryptostats.config import Settings
 from cryptostats.fakegecko import FakeCoinGecko, bundled_market_chart
 from cryptostats.history_import import (
@@ -192,3 +193,39 @@ async def test_an_import_next_to_the_running_service_reaches_its_deviation(
         body = await wait_for(lambda: counted(4), timeout_s=10)
 
     assert body["deviation"] > 0
+
+
+async def test_an_import_runs_beside_a_service_on_its_embedded_servers(
+    tmp_path: Path, csv_file: Path, fake_gecko: FakeCoinGecko
+) -> None:
+    port = embedded.free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[coins]\nids = ["bitcoin"]\n[http]\nport = {port}\n')
+    common = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+    env = {"COINGECKO_BASE_URL": fake_gecko.base_url, "NATS_URL": "", "MONGO_URI": ""}
+    service = ServiceProcess(common, env, tmp_path / "service.log")
+    try:
+        await wait_for(lambda: _ready(service), timeout_s=30)
+        imported = ServiceProcess(
+            [*common, "import", "--csv", str(csv_file), "--coin", "bitcoin"],
+            env,
+            tmp_path / "import.log",
+        )
+        import_code = imported.process.wait(60)
+        second = ServiceProcess(common, env, tmp_path / "second.log")
+        second_code = second.process.wait(30)
+        _, body = await get_json(f"http://127.0.0.1:{port}/deviation?coin=bitcoin")
+    finally:
+        code = service.stop()
+
+    assert (import_code, code) == (0, 0), imported.log() + service.log()
+    assert imported.events("embedded_servers_shared")
+    assert body["count"] == 3
+    assert second_code == 2
+    [failed] = second.events("service_failed")
+    assert failed["error_type"] == "DataDirInUseError"
+    assert f"in use by process {service.process.pid}" in failed["error"]
+
+
+async def _ready(service: ServiceProcess) -> bool:
+    return bool(service.events("service_ready"))

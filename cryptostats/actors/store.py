@@ -25,6 +25,7 @@ from cryptostats import metrics, subjects
 from cryptostats.actors import ActorContext, subscription
 from cryptostats.actors.publisher import ensure_price_stream
 from cryptostats.actors.store_queries import answer_query
+from cryptostats.config import ServiceSettings
 from cryptostats.errors import LatestContendedError
 from cryptostats.history_import import import_command
 from cryptostats.messages import Quote, dumps, loads
@@ -66,10 +67,13 @@ class Store:
 
     async def _offer_import(self, store: QuoteStore) -> None:
         # A coin with no history leaves /deviation empty for hours: say how
-        # to fill it now.
+        # to fill it now, beside this very process.
+        data_dir = self._settings.service.data_dir
+        where = None if data_dir == ServiceSettings().data_dir else data_dir
         for coin in self._settings.coins.ids:
             if await store.latest(coin) is None:
-                log.info("history_missing", coin=coin, command=import_command(coin))
+                command = import_command(coin, where)
+                log.info("history_missing", coin=coin, command=command)
 
     async def _serve(self, store: QuoteStore, task_status: TaskStatus[None]) -> None:
         js = self._nats.jetstream()
