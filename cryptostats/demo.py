@@ -3,6 +3,8 @@
 A local CoinGecko-format server replays the bundled daily history of
 bitcoin, ethereum and solana, one day per request; the service fetches it
 every few seconds; this script prints what `/stats` and `/deviation` answer.
+Each run replays from the start on empty servers: an earlier run's quotes
+in the data dir are removed first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +24,11 @@ from typing import Any
 
 import aiohttp
 
+from cryptostats import embedded
 from cryptostats.fakegecko import FakeCoinGecko, bundled_feed
 
 COINS = ("bitcoin", "ethereum", "solana")
+CONFIG_FILE = "demo.toml"
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,8 +47,33 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def clear_data_dir(data_dir: Path) -> None:
+    """Empty the servers of an earlier demo in `data_dir`.
+
+    A replay from the start would otherwise be older than what the last run
+    stored (and the stream would drop it as already seen), and the answers
+    would stay where that run ended.
+
+    Raises:
+        SystemExit: `data_dir` holds data no demo made, or a running process
+            uses it.
+    """
+    if not data_dir.exists() or not any(data_dir.iterdir()):
+        return
+    if not (data_dir / CONFIG_FILE).is_file():
+        raise SystemExit(f"{data_dir} holds data of no demo: give an empty --data-dir")
+    claim = embedded.claim_data_dir(data_dir)
+    if claim is None:
+        raise SystemExit(f"{data_dir} is in use by a running service or demo")
+
+    claim.release()
+    for name in ("nats", "mongo", "logs"):
+        shutil.rmtree(data_dir / name, ignore_errors=True)
+
+
 def start_service(args: argparse.Namespace, base_url: str) -> subprocess.Popen[bytes]:
     """`python -m cryptostats` against the local server, its log in the data dir."""
+    clear_data_dir(args.data_dir)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = args.data_dir / "service.log"
     environ = {
@@ -60,14 +90,14 @@ def start_service(args: argparse.Namespace, base_url: str) -> subprocess.Popen[b
         "--schedule", f"*/{args.every} * * * * *",
     ]  # fmt: skip
     print(f"service log: {log_path}")
-    with log_path.open("ab") as log_file:
+    with log_path.open("wb") as log_file:
         return subprocess.Popen(
             command, env=environ, stdout=log_file, stderr=subprocess.STDOUT
         )
 
 
 def write_config(data_dir: Path) -> Path:
-    path = data_dir / "demo.toml"
+    path = data_dir / CONFIG_FILE
     coins = f"[coins]\nids = {list(COINS)!r}\n".replace("'", '"')
     # The local stand-in has no rate limit: no need to space calls out.
     path.write_text(coins + "\n[coingecko]\ncalls_per_minute = 6000\n")
