@@ -13,6 +13,7 @@ import argparse
 import bisect
 import csv
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -149,7 +150,17 @@ def import_command(
     """The command line that fills the history of `coin`, beside a service
     whose embedded servers keep their data in `data_dir` (None: the default)."""
     where = f" --data-dir {data_dir}" if data_dir is not None else ""
-    return f"python -m cryptostats{where} import {source} --coin {coin}"
+    return f"{_interpreter()} -m cryptostats{where} import {source} --coin {coin}"
+
+
+def _interpreter() -> str:
+    """This Python, as a path to type from the current directory: the one
+    that has cryptostats installed (`.venv/bin/python` after `make run`)."""
+    path = Path(sys.executable)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def quotes_from_csv(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from cryptostats.history_import import (
     quotes_from_market_chart,
 )
 from cryptostats.main import parse_args, run_import
-from tests.conftest import ServiceProcess, get_json, run_actors, wait_for
+from tests.conftest import REPO, ServiceProcess, get_json, run_actors, wait_for
 
 CSV_ROWS = """snapped_at,price,market_cap,total_volume
 2024-01-01 00:00:00 UTC,100.0,0.0,5.0
@@ -45,6 +46,11 @@ async def latest(settings: Settings, coin: str) -> dict[str, Any] | None:
         return await client[settings.mongo.database].latest.find_one({"_id": coin})
     finally:
         await client.close()
+
+
+def is_this_python(path: str) -> bool:
+    """Whether `path`, as typed in the repository, is the running interpreter."""
+    return (REPO / path).resolve() == Path(sys.executable).resolve()
 
 
 @pytest.fixture
@@ -166,7 +172,9 @@ async def test_the_store_says_how_to_import_history_of_an_empty_coin(
             events = await wait_for(offered, timeout_s=10)
 
     assert {event["coin"] for event in events} == {"bitcoin", "ethereum"}
-    assert events[0]["command"].startswith("python -m cryptostats import ")
+    python, *rest = events[0]["command"].split()
+    assert is_this_python(python)
+    assert rest[:3] == ["-m", "cryptostats", "import"]
 
 
 async def test_an_import_next_to_the_running_service_reaches_its_deviation(
