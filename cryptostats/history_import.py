@@ -68,12 +68,23 @@ class ImportPlan:
         Raises:
             ImportFailedError: the coins or days given cannot be imported.
         """
-        coins = tuple(args.coin or ())
-        if args.csv is not None and len(coins) != 1:
-            raise ImportFailedError(",".join(coins), "--csv needs exactly one --coin")
-        for coin in coins:
+        given = tuple(args.coin or ())
+        if args.csv is not None and len(given) != 1:
+            raise ImportFailedError(",".join(given), "--csv needs exactly one --coin")
+        for coin in given:
             if not COIN_RE.fullmatch(coin):
                 raise ImportFailedError(coin, "not a coin id")
+        # A former id is stored under the id CoinGecko uses now, as fetched
+        # quotes are; a coin the service does not track would be stored
+        # where no route ever reads it.
+        coins = tuple(dict.fromkeys(settings.coins.canonical(c) for c in given))
+        untracked = [coin for coin in coins if coin not in settings.coins.tracked]
+        if untracked:
+            raise ImportFailedError(
+                ",".join(untracked),
+                "not a configured coin: add it to coins.ids first "
+                f"(configured: {', '.join(settings.coins.tracked)})",
+            )
         if args.days < 1:
             raise ImportFailedError(",".join(coins), "--days must be at least 1")
 

@@ -13,7 +13,8 @@ import structlog
 from pymongo import AsyncMongoClient
 
 from cryptostats import embedded
-from cryptostats.config import Settings
+from cryptostats.config import Settings, load_settings
+from cryptostats.errors import ImportFailedError
 from cryptostats.fakegecko import FakeCoinGecko, bundled_market_chart
 from cryptostats.history_import import (
     ImportPlan,
@@ -127,6 +128,25 @@ def test_a_market_chart_point_that_is_not_a_positive_price_is_skipped() -> None:
     assert [quote.price for quote in quotes] == [1.5]
     assert quotes[0].market_cap == 10.0
     assert rejected == 2
+
+
+def import_plan(*argv: str) -> ImportPlan:
+    """The plan of `import ARGV` with the default coins and aliases."""
+    return ImportPlan.from_args(parse_args(["import", *argv]), load_settings(None, {}))
+
+
+def test_an_import_of_a_former_coin_id_stores_under_the_current_one() -> None:
+    plan = import_plan("--csv", "f.csv", "--coin", "matic-network")
+
+    assert plan.coins == ("polygon-ecosystem-token",)
+
+
+def test_an_import_of_a_coin_the_service_does_not_track_is_refused() -> None:
+    with pytest.raises(ImportFailedError, match="not a configured coin") as caught:
+        import_plan("--market-chart", "--coin", "bitcoin", "--coin", "solana")
+
+    assert caught.value.coin == "solana"
+    assert "bitcoin" in caught.value.reason
 
 
 def test_the_command_line_keeps_working_without_a_subcommand() -> None:
