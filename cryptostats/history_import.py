@@ -70,7 +70,8 @@ class ImportPlan:
         """
         given = tuple(args.coin or ())
         if args.csv is not None and len(given) != 1:
-            raise ImportFailedError(",".join(given), "--csv needs exactly one --coin")
+            coins_given = ",".join(given) or "a csv file"
+            raise ImportFailedError(coins_given, "--csv needs exactly one --coin")
         for coin in given:
             if not COIN_RE.fullmatch(coin):
                 raise ImportFailedError(coin, "not a coin id")

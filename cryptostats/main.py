@@ -93,7 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _add_import_command(commands: Any) -> None:
     command = commands.add_parser(
         "import",
-        help="fill stored history from CoinGecko, then exit",
+        help="fill stored history from CoinGecko or a CSV export, then exit",
         description="Store past quotes through the Publisher and the Store. "
         "Running it twice stores nothing new. It runs beside a service on "
         "the same data dir, through that service's embedded servers.",
@@ -223,7 +223,7 @@ async def run_import(settings: Settings, plan: ImportPlan) -> ImportReport:
         settings = await start_embedded_servers(settings, stack, share=True)
         client = await connect_nats(settings.nats.url)
         stack.push_async_callback(_drain, client)
-        supervisor = build_supervisor(settings, client)
+        supervisor = build_supervisor(settings, client, offer_import=False)
         async with anyio.create_task_group() as group:
             await group.start(supervisor.run)
             try:
@@ -316,7 +316,7 @@ def _with_running(
         return _with_urls(settings, nats_url or "", mongo_uri or "")
 
     urls = [
-        f"{name}={url}"
+        f"{name}='{url}'"
         for name, url in (
             ("NATS_URL", running.nats_url),
             ("MONGO_URI", running.mongo_uri),
@@ -325,7 +325,11 @@ def _with_running(
     ]
     advice = "stop it, or give this process another --data-dir"
     if urls:
-        advice += f", or run it beside it with {' '.join(urls)}"
+        # One Ticker and Fetcher are enough: each would fetch every tick.
+        advice += (
+            f", or run more actors beside it with {' '.join(urls)}"
+            " and --actors (e.g. store,http_api)"
+        )
     raise DataDirInUseError(str(data_dir), running.pid, advice)
 
 
@@ -415,10 +419,17 @@ async def _drain(client: NatsClient) -> None:
     log.info("nats_drained")
 
 
-def build_supervisor(settings: Settings, client: NatsClient) -> Supervisor:
+def build_supervisor(
+    settings: Settings, client: NatsClient, *, offer_import: bool = True
+) -> Supervisor:
     """A supervisor of the actors `settings` names, sharing one NATS client."""
     supervisor: Supervisor
-    context = ActorContext(client, settings, states=lambda: supervisor.states())
+    context = ActorContext(
+        client,
+        settings,
+        states=lambda: supervisor.states(),
+        offer_import=offer_import,
+    )
     actors: list[Actor] = [
         ACTOR_TYPES[name](context) for name in settings.service.actors
     ]

@@ -248,6 +248,7 @@ async def test_an_import_runs_beside_a_service_on_its_embedded_servers(
 
     assert (import_code, code) == (0, 0), imported.log() + service.log()
     assert imported.events("embedded_servers_shared")
+    assert not imported.events("history_missing")
     assert body["count"] == 3
     assert second_code == 2
     [failed] = second.events("service_failed")

@@ -17,12 +17,15 @@ from cryptostats.config import Settings
 class ActorContext:
     """What every actor is handed: the process's NATS connection and settings.
 
-    `states` reports every actor of this process (for health checks).
+    `states` reports every actor of this process (for health checks);
+    `offer_import` has the Store say how to fill a coin's missing history
+    (not when the process is that import).
     """
 
     nats: NatsClient
     settings: Settings
     states: Callable[[], dict[str, str]] = field(default=dict)
+    offer_import: bool = True
 
 
 @asynccontextmanager

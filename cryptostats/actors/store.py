@@ -49,6 +49,7 @@ class Store:
     def __init__(self, context: ActorContext) -> None:
         self._nats = context.nats
         self._settings = context.settings
+        self._offers_import = context.offer_import
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         client = connect(self._settings.mongo.uri)
@@ -58,7 +59,8 @@ class Store:
                 self._settings.mongo.recent_prices,
             )
             await store.ensure_indexes()
-            await self._offer_import(store)
+            if self._offers_import:
+                await self._offer_import(store)
             await self._serve(store, task_status)
         finally:
             with anyio.CancelScope(shield=True):
