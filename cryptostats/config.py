@@ -26,6 +26,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pymongo.errors import PyMongoError
+from pymongo.uri_parser import parse_uri
 
 from cryptostats.errors import ConfigError
 
@@ -43,6 +45,21 @@ class _Section(BaseModel):
 class ServiceSettings(_Section):
     data_dir: Path = Path("./data")
     actors: tuple[str, ...] = ACTOR_NAMES
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _named_data_dir(cls, data_dir: Any) -> Any:
+        # Path("") is the current directory: say "." to mean it.
+        if isinstance(data_dir, str) and not data_dir.strip():
+            raise ValueError("data_dir must not be empty")
+        return data_dir
+
+    @field_validator("data_dir")
+    @classmethod
+    def _directory(cls, data_dir: Path) -> Path:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ValueError(f"data_dir is not a directory: {str(data_dir)!r}")
+        return data_dir
 
     @field_validator("actors")
     @classmethod
@@ -181,11 +198,50 @@ class CoinGeckoSettings(_Section):
         return self.calls_per_minute or PLAN_CALLS_PER_MINUTE[self.plan]
 
 
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+# JetStream keeps ages in nanoseconds, in a signed 64-bit integer.
+MAX_STREAM_AGE_S = 100 * 365 * 24 * 3600
+
+
 class NatsSettings(_Section):
+    # One server, or several separated by commas (seeds of a cluster).
     url: str = ""
+    connect_wait_s: float = Field(default=30.0, gt=0)
     request_timeout_s: float = Field(default=5.0, gt=0)
-    stream_max_age_s: float = Field(default=30 * 24 * 3600, gt=0)
+    stream_max_age_s: float = Field(default=30 * 24 * 3600, gt=0, le=MAX_STREAM_AGE_S)
     duplicate_window_s: float = Field(default=24 * 3600, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _nats_urls(cls, url: str) -> str:
+        for server in nats_servers(url):
+            try:
+                parts = urlsplit(server)
+                usable = parts.scheme in NATS_SCHEMES and bool(parts.hostname)
+                parts.port  # noqa: B018 - raises ValueError when out of range
+            except ValueError:
+                usable = False
+            if not usable:
+                raise ValueError(
+                    f"not a {'/'.join(NATS_SCHEMES)} URL with a host and a"
+                    f" valid port: {server!r}"
+                )
+        return url
+
+    @model_validator(mode="after")
+    def _window_within_age(self) -> NatsSettings:
+        # JetStream refuses a duplicate window longer than the stream keeps.
+        if self.duplicate_window_s > self.stream_max_age_s:
+            raise ValueError(
+                "nats.duplicate_window_s must not exceed nats.stream_max_age_s"
+                f" ({self.duplicate_window_s} vs {self.stream_max_age_s})"
+            )
+        return self
+
+
+def nats_servers(url: str) -> list[str]:
+    """The server URLs of a `nats.url` setting (none when it is empty)."""
+    return [server.strip() for server in url.split(",") if server.strip()]
 
 
 class MongoSettings(_Section):
@@ -194,6 +250,19 @@ class MongoSettings(_Section):
     database: str = Field(default="cryptostats", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     recent_prices: StrictInt = Field(default=1000, ge=2, le=100_000)
     query_timeout_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _mongo_uri(cls, uri: str) -> str:
+        if uri.startswith("mongodb+srv://"):
+            # Checking it would look the SRV record up: leave it to the driver.
+            return uri
+        if uri:
+            try:
+                parse_uri(uri)
+            except (PyMongoError, ValueError) as exc:
+                raise ValueError(f"not a usable MongoDB URI ({exc}): {uri!r}") from None
+        return uri
 
 
 class HttpSettings(_Section):

@@ -50,6 +50,15 @@ class DataDirInUseError(ConfigError):
         self.advice = advice
 
 
+class NatsUnreachableError(CryptostatsError, ConnectionError):
+    """No NATS server answered at start within the wait."""
+
+    def __init__(self, url: str, wait_s: float) -> None:
+        super().__init__(f"no nats server answered at {url} within {wait_s}s")
+        self.url = url
+        self.wait_s = wait_s
+
+
 class QuoteInvalidError(CryptostatsError, ValueError):
     """An upstream value cannot be a quote (missing, non-finite, not positive)."""
 

@@ -36,12 +36,13 @@ from cryptostats.actors.http_api import HttpApi
 from cryptostats.actors.publisher import Publisher
 from cryptostats.actors.store import Store
 from cryptostats.actors.ticker import Ticker
-from cryptostats.config import ACTOR_NAMES, Settings, load_settings
+from cryptostats.config import ACTOR_NAMES, Settings, load_settings, nats_servers
 from cryptostats.errors import (
     ConfigError,
     CryptostatsError,
     DataDirInUseError,
     ImportFailedError,
+    NatsUnreachableError,
 )
 from cryptostats.history_import import ImportPlan, ImportReport
 from cryptostats.logs import configure_logging
@@ -76,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="HTTP listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP listen port (default 3000)")
     parser.add_argument(
-        "--data-dir", type=Path, help="embedded servers' data (default ./data)"
+        "--data-dir", type=_named_path, help="embedded servers' data (default ./data)"
     )
     parser.add_argument(
         "--schedule",
@@ -88,6 +89,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_import_command(commands)
     return parser.parse_args(argv)
+
+
+def _named_path(text: str) -> Path:
+    # Path("") would be the current directory: say "." to mean it.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
 
 
 def _add_import_command(commands: Any) -> None:
@@ -173,7 +181,7 @@ async def run_service(settings: Settings, started: float) -> int:
     try:
         async with AsyncExitStack() as stack:
             settings = await start_embedded_servers(settings, stack)
-            client = await connect_nats(settings.nats.url)
+            client = await connect_nats(settings.nats.url, settings.nats.connect_wait_s)
             stack.push_async_callback(_drain, client)
             return await supervise(settings, client, started)
     except (CryptostatsError, ExceptionGroup) as exc:
@@ -221,7 +229,7 @@ async def run_import(settings: Settings, plan: ImportPlan) -> ImportReport:
     settings = settings.model_copy(update={"service": service})
     async with AsyncExitStack() as stack:
         settings = await start_embedded_servers(settings, stack, share=True)
-        client = await connect_nats(settings.nats.url)
+        client = await connect_nats(settings.nats.url, settings.nats.connect_wait_s)
         stack.push_async_callback(_drain, client)
         supervisor = build_supervisor(settings, client, offer_import=False)
         async with anyio.create_task_group() as group:
@@ -353,17 +361,38 @@ async def _run_embedded(
     return server
 
 
-async def connect_nats(url: str) -> NatsClient:
-    """Connect to NATS, waiting for a server that is still starting.
+async def connect_nats(url: str, wait_s: float = NATS_CONNECT_WAIT_S) -> NatsClient:
+    """Connect to NATS, waiting up to `wait_s` for a server still starting.
 
     Raises:
-        nats.errors.NoServersError: no server answered within the wait.
+        NatsUnreachableError: no server answered within `wait_s`.
     """
+    connected: list[NatsClient] = []
+    retrying = AsyncRetrying(
+        stop=stop_after_delay(wait_s),
+        wait=wait_fixed(0.5),
+        retry=retry_if_exception_type(OSError)
+        | retry_if_exception_type(nats.errors.NoServersError),
+        reraise=True,
+    )
+    try:
+        with anyio.fail_after(wait_s):
+            client = await _connect_retrying(url, retrying, _options(connected))
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        # With reconnects allowed, nats-py keeps trying an unreachable
+        # server forever: the deadline is ours.
+        raise NatsUnreachableError(_without_credentials(url), wait_s) from exc
+    connected.append(client)
+    log.info("nats_connected", url=_without_credentials(url))
+
+    return client
+
+
+def _options(connected: list[NatsClient]) -> dict[str, Any]:
+    """nats.connect's options: reconnect forever, and log what happens."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
-
-    connected: list[NatsClient] = []
 
     async def on_disconnected() -> None:
         if connected and (connected[0].is_draining or connected[0].is_closed):
@@ -375,33 +404,33 @@ async def connect_nats(url: str) -> NatsClient:
         metrics.NATS_RECONNECTS.inc()
         log.info("nats_reconnected")
 
-    retrying = AsyncRetrying(
-        stop=stop_after_delay(NATS_CONNECT_WAIT_S),
-        wait=wait_fixed(0.5),
-        retry=retry_if_exception_type(OSError)
-        | retry_if_exception_type(nats.errors.NoServersError),
-        reraise=True,
-    )
+    return {
+        "name": "cryptostats",
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": True,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+    }
+
+
+async def _connect_retrying(
+    url: str, retrying: AsyncRetrying, options: dict[str, Any]
+) -> NatsClient:
     async for attempt in retrying:
         with attempt:
-            client = await nats.connect(
-                url,
-                name="cryptostats",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-            )
-    connected.append(client)
-    log.info("nats_connected", url=_without_credentials(url))
+            client = await nats.connect(nats_servers(url), **options)
     return client
 
 
 def _without_credentials(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+    shown = []
+    for server in nats_servers(url):
+        scheme, sep, rest = server.partition("://")
+        shown.append(f"{scheme}{sep}{rest.rpartition('@')[2]}")
+
+    return ",".join(shown)
 
 
 async def _drain(client: NatsClient) -> None:

@@ -80,6 +80,17 @@ def test_flags_override_the_environment() -> None:
         ({"http": {"access_log": "false"}}, "http.access_log"),
         ({"schedule": {"tick_at_start": "yes"}}, "schedule.tick_at_start"),
         ({"mongo": {"query_timeout_s": 2.0}}, "mongo.query_timeout_s"),
+        ({"nats": {"url": "garbage"}}, "nats.url"),
+        ({"nats": {"url": "http://127.0.0.1:4222"}}, "nats.url"),
+        ({"nats": {"url": "nats://127.0.0.1:99999"}}, "nats.url"),
+        ({"nats": {"url": "nats://a:4222,nats://"}}, "nats.url"),
+        ({"nats": {"stream_max_age_s": 60.0}}, "nats.duplicate_window_s"),
+        ({"nats": {"stream_max_age_s": 1e12}}, "nats.stream_max_age_s"),
+        ({"mongo": {"uri": "garbage"}}, "mongo.uri"),
+        ({"mongo": {"uri": "mongodb://"}}, "mongo.uri"),
+        ({"mongo": {"uri": "mongodb://127.0.0.1:99999"}}, "mongo.uri"),
+        ({"service": {"data_dir": ""}}, "service.data_dir"),
+        ({"service": {"data_dir": __file__}}, "service.data_dir"),
     ],
 )
 def test_an_invalid_setting_is_a_config_error_naming_the_key(
@@ -105,6 +116,16 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(latin1, environ={})
+
+
+def test_a_cluster_of_nats_servers_and_a_replica_set_are_accepted() -> None:
+    urls = "nats://a.internal:4222, tls://b.internal:4222"
+    uri = "mongodb://a.internal,b.internal/?replicaSet=rs0"
+
+    settings = load_settings(None, environ={"NATS_URL": urls, "MONGO_URI": uri})
+
+    assert settings.nats.url == urls
+    assert settings.mongo.uri == uri
 
 
 def test_the_timeouts_of_store_and_http_api_apart_are_not_compared() -> None:

@@ -169,6 +169,28 @@ async def test_a_taken_http_port_stops_the_service_with_a_config_error(
     assert "actor_restarting" not in service.log()
 
 
+async def test_an_unreachable_nats_server_at_start_exits_1_naming_it(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{closed.getsockname()[1]}"
+    config = tmp_path / "config.toml"
+    config.write_text("[nats]\nconnect_wait_s = 1.0\n")
+    service = ServiceProcess(
+        ["--config", str(config), "--actors", "http_api", "--port", "0"],
+        {"NATS_URL": url},
+        tmp_path / "service.log",
+    )
+
+    code = service.process.wait(30)
+
+    assert code == 1, service.log()
+    [failed] = service.events("service_failed")
+    assert failed["error_type"] == "NatsUnreachableError"
+    assert url in failed["error"]
+
+
 async def test_sigterm_during_a_nats_outage_still_exits_0(
     tmp_path: Path, nats_server: embedded.EmbeddedServer
 ) -> None:
