@@ -44,13 +44,12 @@ from cryptostats.errors import (
     UpstreamStatusError,
     UpstreamUnreachableError,
 )
-from cryptostats.messages import Quote
+from cryptostats.messages import Quote, plausible_observed_at
 
 log = structlog.get_logger("cryptostats.coingecko")
 
 # No real coin is priced above this; a larger value is a broken answer.
 MAX_PRICE = 1e12
-EARLIEST = datetime(2009, 1, 3, tzinfo=UTC)
 SNIPPET_CHARS = 120
 # A Retry-After longer than this is taken as this: a broken header must not
 # silence the service for days.
@@ -251,7 +250,7 @@ def _observed_at(coin: str, value: Any, fetched_at: datetime) -> datetime:
         raise QuoteInvalidError(
             coin, f"last_updated_at out of range: {value!r}"
         ) from None
-    if not EARLIEST <= moment <= fetched_at.replace(year=fetched_at.year + 1):
+    if not plausible_observed_at(moment, fetched_at):
         raise QuoteInvalidError(coin, f"last_updated_at out of range: {value!r}")
 
     return moment

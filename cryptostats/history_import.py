@@ -33,7 +33,7 @@ from cryptostats import subjects
 from cryptostats.coingecko import CoinGeckoClient
 from cryptostats.config import COIN_RE, Settings
 from cryptostats.errors import ImportFailedError, UpstreamError
-from cryptostats.messages import Quote, encode_quotes, loads
+from cryptostats.messages import Quote, encode_quotes, loads, plausible_observed_at
 
 log = structlog.get_logger("cryptostats.history_import")
 
@@ -188,17 +188,27 @@ def quotes_from_csv(
 
     Raises:
         OSError: the file cannot be read.
+        ImportFailedError: the file is not UTF-8 text, or not CSV.
     """
     observations: list[Observation] = []
     rejected = 0
-    with open(path, newline="", encoding="utf-8") as file:
-        for line, row in enumerate(csv.DictReader(file), start=2):
-            observation = _csv_observation(row)
-            if observation is None:
-                log.warning("import_row_rejected", coin=coin, line=line)
-                rejected += 1
-                continue
-            observations.append(observation)
+    # utf-8-sig: spreadsheet programs start a saved CSV with a byte order mark.
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        try:
+            for row in reader:
+                observation = _csv_observation(row, fetched_at)
+                if observation is None:
+                    log.warning("import_row_rejected", coin=coin, line=reader.line_num)
+                    rejected += 1
+                    continue
+                observations.append(observation)
+        except UnicodeDecodeError as exc:
+            raise ImportFailedError(coin, f"{path} is not UTF-8 text: {exc}") from None
+        except csv.Error as exc:
+            # The reader counts only the lines it has read whole.
+            reason = f"{path} line {reader.line_num + 1}: {exc}"
+            raise ImportFailedError(coin, reason) from None
 
     return _quotes(observations, coin, vs_currency, fetched_at), rejected
 
@@ -222,7 +232,7 @@ def quotes_from_market_chart(
     }
     observations: list[Observation] = []
     for point in body["prices"]:
-        observation = _chart_observation(point, caps)
+        observation = _chart_observation(point, caps, fetched_at)
         if observation is not None:
             observations.append(observation)
     rejected = len(body["prices"]) - len(observations)
@@ -232,22 +242,31 @@ def quotes_from_market_chart(
     return _quotes(observations, coin, vs_currency, fetched_at), rejected
 
 
-def _csv_observation(row: dict[str, str]) -> Observation | None:
+def _csv_observation(row: dict[str, str], now: datetime) -> Observation | None:
     try:
         moment = datetime.strptime(row["snapped_at"], SNAPPED_AT_FORMAT)
-        price = float(row["price"])
-        market_cap = float(row.get("market_cap") or 0.0)
+        price = _number(row["price"])
+        market_cap = _number(row.get("market_cap") or "0")
     except (KeyError, TypeError, ValueError):
         return None
 
-    return _checked(moment.replace(tzinfo=UTC), price, market_cap)
+    return _checked(moment.replace(tzinfo=UTC), price, market_cap, now)
+
+
+def _number(text: str) -> float:
+    # float() also takes "1_000" and surrounding spaces; an export has neither.
+    if "_" in text or text != text.strip():
+        raise ValueError(f"not a plain number: {text!r}")
+    return float(text)
 
 
 def _is_pair(point: Any) -> bool:
     return isinstance(point, list) and len(point) == 2
 
 
-def _chart_observation(point: Any, caps: dict[Any, Any]) -> Observation | None:
+def _chart_observation(
+    point: Any, caps: dict[Any, Any], now: datetime
+) -> Observation | None:
     if not _is_pair(point):
         return None
     epoch_ms, price = point
@@ -259,14 +278,19 @@ def _chart_observation(point: Any, caps: dict[Any, Any]) -> Observation | None:
     except (OverflowError, OSError, ValueError):
         return None
 
-    return _checked(moment, price, cap if _is_number(cap) else 0.0)
+    return _checked(moment, price, cap if _is_number(cap) else 0.0, now)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _checked(moment: datetime, price: float, market_cap: float) -> Observation | None:
+def _checked(
+    moment: datetime, price: float, market_cap: float, now: datetime
+) -> Observation | None:
+    # A quote from the future would stay the coin's latest until then.
+    if not plausible_observed_at(moment, now):
+        return None
     if not (math.isfinite(price) and 0 < price < MAX_PRICE):
         return None
     if not math.isfinite(market_cap) or market_cap < 0:
@@ -285,6 +309,9 @@ def _quotes(
     for moment, price, market_cap in observations:
         before = _price_near(observations, times, moment - DAY)
         change = (price - before) / before * 100 if before else None
+        if change is not None and not math.isfinite(change):
+            # A price that rose from nearly nothing: no usable percentage.
+            change = None
         quotes.append(Quote(coin, vs, price, market_cap, change, moment, fetched_at))
 
     return quotes

@@ -9,8 +9,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+# No coin had a price before bitcoin's first block.
+EARLIEST_OBSERVED = datetime(2009, 1, 3, tzinfo=UTC)
+# How far ahead of our clock a provider's time may be: further, and a quote
+# would stay the coin's latest (only a newer one replaces it) until then.
+MAX_CLOCK_SKEW = timedelta(hours=1)
+
+
+def plausible_observed_at(moment: datetime, now: datetime) -> bool:
+    """Whether a quote can have been observed at `moment`, it being `now`."""
+    return EARLIEST_OBSERVED <= moment <= now + MAX_CLOCK_SKEW
 
 
 def to_iso(moment: datetime) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, InsertOne, UpdateOne
@@ -25,11 +25,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from cryptostats.errors import LatestContendedError
-from cryptostats.messages import Quote
+from cryptostats.messages import EARLIEST_OBSERVED, Quote
 
 DUPLICATE_KEY = 11000
-# No coin had a price before bitcoin's first block: history reads stop here.
-HISTORY_START = datetime(2009, 1, 3, tzinfo=UTC)
+# No quote is older (messages.EARLIEST_OBSERVED): history reads stop here.
+HISTORY_START = EARLIEST_OBSERVED
 # A window grows at most this much from one read to the next.
 MAX_WINDOW_GROWTH = 8.0
 MIN_WINDOW_S = 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -431,6 +432,21 @@ async def test_an_unusable_price_is_rejected(
     fake: FakeCoinGecko, session: aiohttp.ClientSession, price: str
 ) -> None:
     fake.enqueue(200, '{"bitcoin":{"usd":' + price + ',"usd_market_cap":1.0}}')
+    client = make_client(session, fake.base_url)
+
+    result = await client.fetch(["bitcoin"], "usd")
+
+    assert result.quotes == []
+    assert list(result.rejected) == ["bitcoin"]
+
+
+@pytest.mark.parametrize("ahead_s", [2 * 3600, 200 * 24 * 3600])
+async def test_a_quote_observed_hours_ahead_of_our_clock_is_rejected(
+    fake: FakeCoinGecko, session: aiohttp.ClientSession, ahead_s: int
+) -> None:
+    # It would stay the coin's latest until that time came.
+    observed = int(time.time()) + ahead_s
+    fake.enqueue(200, {"bitcoin": {"usd": 64000.1, "last_updated_at": observed}})
     client = make_client(session, fake.base_url)
 
     result = await client.fetch(["bitcoin"], "usd")

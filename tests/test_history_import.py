@@ -18,9 +18,11 @@ from cryptostats.errors import ImportFailedError
 from cryptostats.fakegecko import FakeCoinGecko, bundled_market_chart
 from cryptostats.history_import import (
     ImportPlan,
+    quotes_from_csv,
     quotes_from_market_chart,
 )
 from cryptostats.main import parse_args, run_import
+from cryptostats.messages import Quote
 from tests.conftest import REPO, ServiceProcess, get_json, run_actors, wait_for
 
 CSV_ROWS = """snapped_at,price,market_cap,total_volume
@@ -128,6 +130,77 @@ def test_a_market_chart_point_that_is_not_a_positive_price_is_skipped() -> None:
     assert [quote.price for quote in quotes] == [1.5]
     assert quotes[0].market_cap == 10.0
     assert rejected == 2
+
+
+def read_csv(path: Path, text: str | bytes) -> tuple[list[Quote], int]:
+    """Write `text` to `path` and read it as a CSV export of bitcoin."""
+    if isinstance(text, str):
+        path.write_text(text, encoding="utf-8")
+    else:
+        path.write_bytes(text)
+    return quotes_from_csv(path, "bitcoin", "usd", datetime.now(UTC))
+
+
+HEADER = "snapped_at,price,market_cap,total_volume\n"
+
+
+def test_csv_rows_dated_in_the_future_or_before_2009_are_skipped(
+    tmp_path: Path,
+) -> None:
+    rows = [
+        "0001-01-01 00:00:00 UTC,5.0,0,0",
+        "2000-06-01 00:00:00 UTC,6.0,0,0",
+        "2024-01-01 00:00:00 UTC,7.0,0,0",
+        "2099-01-01 00:00:00 UTC,0.0001,0,0",
+    ]
+
+    quotes, rejected = read_csv(tmp_path / "f.csv", HEADER + "\n".join(rows))
+
+    assert [quote.price for quote in quotes] == [7.0]
+    assert rejected == 3
+
+
+def test_a_rise_from_almost_nothing_has_no_24h_change(tmp_path: Path) -> None:
+    rows = ["2024-02-12 00:00:00 UTC,1e-300,0,0", "2024-02-13 00:00:00 UTC,1e10,0,0"]
+
+    quotes, rejected = read_csv(tmp_path / "f.csv", HEADER + "\n".join(rows))
+
+    assert rejected == 0
+    assert [quote.change_24h for quote in quotes] == [None, None]
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_like_one_without(
+    tmp_path: Path,
+) -> None:
+    text = "\ufeff" + HEADER + "2024-01-01 00:00:00 UTC,7.0,0,0\n"
+
+    quotes, rejected = read_csv(tmp_path / "f.csv", text)
+
+    assert ([quote.price for quote in quotes], rejected) == ([7.0], 0)
+
+
+def test_a_number_with_underscores_or_spaces_is_not_a_price(tmp_path: Path) -> None:
+    rows = ["2024-01-01 00:00:00 UTC,1_000,0,0", "2024-01-02 00:00:00 UTC, 5,0,0"]
+
+    quotes, rejected = read_csv(tmp_path / "f.csv", HEADER + "\n".join(rows))
+
+    assert (quotes, rejected) == ([], 2)
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (HEADER.encode() + b"2024-01-01 00:00:00 UTC,7.0,\xff,0\n", "not UTF-8"),
+        (HEADER + "2024-01-01 00:00:00 UTC," + "9" * 200_000 + ",0,0\n", "line 2"),
+    ],
+)
+def test_a_file_that_is_not_utf8_csv_fails_the_import_naming_it(
+    tmp_path: Path, content: str | bytes, complaint: str
+) -> None:
+    with pytest.raises(ImportFailedError, match=complaint) as caught:
+        read_csv(tmp_path / "f.csv", content)
+
+    assert "f.csv" in caught.value.reason
 
 
 def import_plan(*argv: str) -> ImportPlan:
