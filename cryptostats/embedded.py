@@ -28,7 +28,7 @@ from pathlib import Path
 
 import structlog
 
-from cryptostats.errors import EmbeddedServerError
+from cryptostats.errors import DataDirInUseError, EmbeddedServerError
 
 log = structlog.get_logger("cryptostats.embedded")
 
@@ -295,6 +295,9 @@ def claim_data_dir(data_dir: Path) -> DataDirClaim | None:
         os.close(fd)
         return None
 
+    # Who holds it, for the others' messages.
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
     return DataDirClaim(data_dir, fd)
 
 
@@ -304,19 +307,41 @@ async def running_servers(
     """The servers of the process holding `data_dir`'s claim, once announced.
 
     Raises:
-        EmbeddedServerError: the holder announced none within `wait_s` (its
-            servers are still starting, or failed to).
+        DataDirInUseError: the holder announced none within `wait_s` (its
+            servers are still starting or failed to, or its servers.json
+            was removed or damaged).
     """
-    path = data_dir / SERVERS_FILE
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            await asyncio.sleep(0.1)
-            continue
-        return RunningServers(record["pid"], record["natsUrl"], record["mongoUri"])
+        running = _read_servers(data_dir / SERVERS_FILE)
+        if running is not None:
+            return running
+        await asyncio.sleep(0.1)
 
-    raise EmbeddedServerError(
-        "servers", f"the process holding {data_dir} announced none in {wait_s}s"
+    raise DataDirInUseError(
+        str(data_dir),
+        _holder(data_dir),
+        f"it has not said where its servers listen in {SERVERS_FILE} within"
+        f" {wait_s}s; stop it, or give this process another --data-dir",
     )
+
+
+def _read_servers(path: Path) -> RunningServers | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return None
+    urls = record.get("natsUrl"), record.get("mongoUri")
+    if not all(url is None or isinstance(url, str) for url in urls):
+        return None
+
+    return RunningServers(record["pid"], *urls)
+
+
+def _holder(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None

@@ -40,11 +40,12 @@ class EmbeddedServerError(CryptostatsError, RuntimeError):
 class DataDirInUseError(ConfigError):
     """Another process runs the embedded servers of this data dir.
 
-    `pid` is that process; the message says how to run beside it.
+    `pid` is that process (None when unknown); the message says what to do.
     """
 
-    def __init__(self, data_dir: str, pid: int, advice: str) -> None:
-        super().__init__(f"data dir {data_dir} is in use by process {pid}: {advice}")
+    def __init__(self, data_dir: str, pid: int | None, advice: str) -> None:
+        holder = "another process" if pid is None else f"process {pid}"
+        super().__init__(f"data dir {data_dir} is in use by {holder}: {advice}")
         self.data_dir = data_dir
         self.pid = pid
         self.advice = advice

@@ -274,7 +274,8 @@ async def start_embedded_servers(
     Raises:
         EmbeddedServerError: a server did not start.
         DataDirInUseError: another process runs the data dir's servers, and
-            `share` is false or they are not the ones needed.
+            `share` is false, they are not the ones needed, or it does not
+            say where they listen.
     """
     data_dir = settings.service.data_dir.resolve()
     wants_nats = not settings.nats.url

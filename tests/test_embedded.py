@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cryptostats import embedded
-from cryptostats.errors import EmbeddedServerError
+from cryptostats.errors import DataDirInUseError
 
 
 def test_a_claimed_data_dir_cannot_be_claimed_again_until_released(
@@ -49,6 +49,21 @@ async def test_servers_left_by_a_killed_owner_are_forgotten_at_the_next_claim(
 
     claim = embedded.claim_data_dir(tmp_path)
     assert claim is not None
-    with pytest.raises(EmbeddedServerError, match="announced none"):
+    with pytest.raises(DataDirInUseError, match="has not said") as caught:
+        await embedded.running_servers(tmp_path, wait_s=0.3)
+    claim.release()
+
+    assert caught.value.pid == os.getpid()
+
+
+@pytest.mark.parametrize("text", ["{}", "[]", "null", "garbage{", '{"pid": "1"}'])
+async def test_a_damaged_servers_file_is_waited_out_not_a_crash(
+    tmp_path: Path, text: str
+) -> None:
+    claim = embedded.claim_data_dir(tmp_path)
+    assert claim is not None
+    (tmp_path / embedded.SERVERS_FILE).write_text(text)
+
+    with pytest.raises(DataDirInUseError, match=f"process {os.getpid()}"):
         await embedded.running_servers(tmp_path, wait_s=0.3)
     claim.release()
