@@ -139,6 +139,10 @@ async def wait_ready(
 
 
 async def run(args: argparse.Namespace) -> None:
+    # SIGTERM, like Ctrl-C, stops the service before the demo exits.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     feeds = {coin: bundled_feed(coin, args.start) for coin in COINS}
     base = f"http://127.0.0.1:{args.port}"
     async with FakeCoinGecko(feeds) as fake, aiohttp.ClientSession() as session:
@@ -166,7 +170,7 @@ async def report(
 
 def main() -> None:
     args = parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(run(args))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,22 @@ def test_the_demo_refuses_a_data_dir_it_did_not_make(tmp_path: Path) -> None:
     assert code != 0
     assert days == []
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_sigterm_stops_the_demo_and_its_service(tmp_path: Path) -> None:
+    port = embedded.free_port()
+    command = [
+        sys.executable, "-m", "cryptostats.demo", "--seconds", "0",
+        "--port", str(port), "--data-dir", str(tmp_path / "demo"),
+    ]  # fmt: skip
+    demo = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if line.startswith("service ready"):
+            break
+
+    demo.send_signal(signal.SIGTERM)
+    rest = demo.communicate(timeout=30)[0]
+
+    assert "service stopped (exit code 0)" in rest
+    assert not (tmp_path / "demo" / embedded.SERVERS_FILE).exists()
