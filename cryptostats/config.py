@@ -260,7 +260,8 @@ class MongoSettings(_Section):
         if uri:
             try:
                 parse_uri(uri)
-            except (PyMongoError, ValueError) as exc:
+            except (PyMongoError, ValueError, OSError) as exc:
+                # OSError: a file the URI names (tlsCAFile) cannot be read.
                 raise ValueError(f"not a usable MongoDB URI ({exc}): {uri!r}") from None
         return uri
 

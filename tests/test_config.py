@@ -89,6 +89,10 @@ def test_flags_override_the_environment() -> None:
         ({"mongo": {"uri": "garbage"}}, "mongo.uri"),
         ({"mongo": {"uri": "mongodb://"}}, "mongo.uri"),
         ({"mongo": {"uri": "mongodb://127.0.0.1:99999"}}, "mongo.uri"),
+        (
+            {"mongo": {"uri": "mongodb://h/?tls=true&tlsCAFile=/absent.pem"}},
+            "mongo.uri",
+        ),
         ({"service": {"data_dir": ""}}, "service.data_dir"),
         ({"service": {"data_dir": __file__}}, "service.data_dir"),
     ],
