@@ -190,7 +190,7 @@ def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             key: statistics.median(r[key] for r in results)
             for key in ("rps", "p50_ms", "p99_ms")
         } | {"errors": sum(r["errors"] for r in results)}
-    out["ratio"] = out["service"]["rps"] / out["baseline"]["rps"]
+    out["ratio"] = report.paired_ratio(runs)
     return out
 
 
