@@ -33,7 +33,10 @@ from cryptostats.storage import QuoteStore, Saved, connect
 
 log = structlog.get_logger("cryptostats.store", actor="store")
 
-FETCH_BATCH = 256
+# Events written per batch: one history insert and one latest update each.
+# 512 against 256: import 0.61 and 0.72 of a bare insert_many against 0.57
+# and 0.48, alternating runs on one machine.
+FETCH_BATCH = 512
 # A write that takes longer says so (in_progress), so this only bounds how
 # long the events of a killed Store wait before another one gets them.
 ACK_WAIT_S = 10.0
