@@ -76,9 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="HTTP listen address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP listen port (default 3000)")
-    parser.add_argument(
-        "--data-dir", type=_named_path, help="embedded servers' data (default ./data)"
-    )
+    parser.add_argument("--data-dir", help="embedded servers' data (default ./data)")
     parser.add_argument(
         "--schedule",
         help="cron expression; 6 fields put seconds first ('*/5 * * * * *')",
@@ -89,13 +87,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_import_command(commands)
     return parser.parse_args(argv)
-
-
-def _named_path(text: str) -> Path:
-    # Path("") would be the current directory: say "." to mean it.
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return Path(text)
 
 
 def _add_import_command(commands: Any) -> None:
@@ -288,7 +279,8 @@ async def start_embedded_servers(
     claim = embedded.claim_data_dir(data_dir)
     if claim is None:
         running = await embedded.running_servers(data_dir)
-        return _with_running(settings, data_dir, running, share=share)
+        wanted = (wants_nats, wants_mongo)
+        return _with_running(settings, data_dir, running, wanted, share=share)
     stack.callback(claim.release)
 
     nats_url, mongo_uri = settings.nats.url, settings.mongo.uri
@@ -311,18 +303,18 @@ def _with_running(
     settings: Settings,
     data_dir: Path,
     running: embedded.RunningServers,
+    wanted: tuple[bool, bool],
     *,
     share: bool,
 ) -> Settings:
-    """The settings pointed at another process's embedded servers."""
-    nats_url = settings.nats.url or running.nats_url
-    mongo_uri = settings.mongo.uri or (
-        running.mongo_uri if NEEDS_MONGO & set(settings.service.actors) else ""
-    )
-    usable = nats_url is not None and mongo_uri is not None
-    if share and usable:
+    """The settings pointed at another process's embedded servers, for the
+    ones `wanted` says are not configured (nats, mongo)."""
+    wants_nats, wants_mongo = wanted
+    nats_url = running.nats_url if wants_nats else settings.nats.url
+    mongo_uri = running.mongo_uri if wants_mongo else settings.mongo.uri
+    if share and nats_url is not None and mongo_uri is not None:
         log.info("embedded_servers_shared", data_dir=str(data_dir), pid=running.pid)
-        return _with_urls(settings, nats_url or "", mongo_uri or "")
+        return _with_urls(settings, nats_url, mongo_uri)
 
     urls = [
         f"{name}='{url}'"

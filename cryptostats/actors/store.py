@@ -74,7 +74,8 @@ class Store:
         # A coin with no history leaves /deviation empty for hours: say how
         # to fill it now, beside this very process.
         data_dir = self._settings.service.data_dir
-        where = None if data_dir == ServiceSettings().data_dir else data_dir
+        default = ServiceSettings.model_fields["data_dir"].default
+        where = None if data_dir == default else data_dir
         for coin in self._settings.coins.ids:
             if await store.latest(coin) is None:
                 command = import_command(coin, where)
