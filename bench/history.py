@@ -81,8 +81,8 @@ async def median_ms(read: Any, repeats: int) -> float:
 async def measure(uri: str, size: int, repeats: int) -> dict[str, float]:
     client = connect(uri)
     database = client[f"bench_{size}"]
-    store = QuoteStore(database, 1000)
-    await store.ensure_indexes()
+    store = QuoteStore(database)
+    await store.prepare()
     await seed(store, database, size)
     newest = T0 + size * TICK
     span_s = (LIMIT + 1) * TICK.total_seconds()

@@ -141,7 +141,7 @@ async def settle(fake: FakeCoinGecko, url: str, timeout_s: float = 60.0) -> None
 
 
 async def stored_counts(data_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per coin: history size, distinct prices, recent list vs history tail."""
+    """Per coin: history size, distinct prices, latest price vs history's newest."""
     server = embedded.embedded_mongo(data_dir)
     await server.start()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -151,13 +151,16 @@ async def stored_counts(data_dir: Path) -> dict[str, dict[str, Any]]:
         result = {}
         for coin in COINS:
             cursor = client[DATABASE].quotes.find({"coin": coin})
-            prices = sorted([doc["price"] async for doc in cursor])
-            latest = await client[DATABASE].latest.find_one({"_id": coin}) or {}
-            recent = [entry["price"] for entry in latest.get("recent", [])]
+            documents = [doc async for doc in cursor]
+            documents.sort(key=lambda doc: doc["observed_at"])
+            prices = [doc["price"] for doc in documents]
+            latest = await client[DATABASE].latest.find_one({"_id": "usd"}) or {}
+            entry = latest.get("coins", {}).get(coin, {})
             result[coin] = {
                 "stored": len(prices),
                 "distinct": len(set(prices)),
-                "recent_matches_history": recent == prices[-len(recent) :],
+                "latest_matches_history": bool(prices)
+                and entry.get("price") == prices[-1],
                 "prices": prices,
             }
         return result
@@ -242,7 +245,7 @@ def _report(
             "stored": got["stored"],
             "lost": len(set(expected) - set(got["prices"])),
             "doubled": got["stored"] - got["distinct"],
-            "recent_list_ok": got["recent_matches_history"],
+            "latest_ok": got["latest_matches_history"],
         }
     latencies = sorted(load.latencies_ms) or [0.0]
     return {

@@ -36,6 +36,8 @@ from cryptostats.errors import ConfigError
 ACTOR_NAMES = ("store", "publisher", "fetcher", "ticker", "http_api")
 COIN_PATTERN = r"^[a-z0-9-]{1,64}$"
 COIN_RE = re.compile(COIN_PATTERN)
+VS_CURRENCY_PATTERN = r"^[a-z]{2,10}$"
+VS_CURRENCY_RE = re.compile(VS_CURRENCY_PATTERN)
 
 
 class _Section(BaseModel):
@@ -85,7 +87,7 @@ class ScheduleSettings(_Section):
 class CoinSettings(_Section):
     ids: tuple[str, ...] = ("bitcoin", "ethereum", "polygon-ecosystem-token")
     # CoinGecko's currency codes are lowercase letters (usd, eur, btc, sats).
-    vs_currency: str = Field(default="usd", pattern=r"^[a-z]{2,10}$")
+    vs_currency: str = Field(default="usd", pattern=VS_CURRENCY_PATTERN)
     # Former id -> the id CoinGecko uses now.
     aliases: dict[str, str] = Field(
         default_factory=lambda: {"matic-network": "polygon-ecosystem-token"}

@@ -124,11 +124,13 @@ class CallDeferredError(UpstreamError):
 
 
 class LatestContendedError(CryptostatsError, RuntimeError):
-    """A coin's latest document kept changing under our compare-and-set."""
+    """A currency's latest document kept changing under our compare-and-set."""
 
-    def __init__(self, coin: str, attempts: int) -> None:
-        super().__init__(f"latest of {coin} changed during {attempts} attempts")
-        self.coin = coin
+    def __init__(self, vs_currency: str, attempts: int) -> None:
+        super().__init__(
+            f"latest document of {vs_currency} changed during {attempts} attempts"
+        )
+        self.vs_currency = vs_currency
         self.attempts = attempts
 
 

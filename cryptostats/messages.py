@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptostats.config import COIN_RE, VS_CURRENCY_RE
+
 # No coin had a price before bitcoin's first block.
 EARLIEST_OBSERVED = datetime(2009, 1, 3, tzinfo=UTC)
 # How far ahead of our clock a provider's time may be: further, and a quote
@@ -106,15 +108,24 @@ class Quote:
         """Build a quote from its JSON object.
 
         Raises:
-            ValueError: a field is missing, of the wrong type or not finite.
+            ValueError: a field is missing, of the wrong type or not finite,
+                or the coin or currency is not a valid id (both are names
+                in the database).
         """
         try:
+            coin, vs_currency = data["coin"], data["vsCurrency"]
+            if not isinstance(coin, str) or not COIN_RE.fullmatch(coin):
+                raise ValueError(f"not a coin id: {coin!r}")
+            if not isinstance(vs_currency, str) or not VS_CURRENCY_RE.fullmatch(
+                vs_currency
+            ):
+                raise ValueError(f"not a currency code: {vs_currency!r}")
             price = _optional_float(data["price"])
             if price is None or price <= 0:
                 raise ValueError(f"price must be positive, got {data['price']!r}")
             return cls(
-                coin=str(data["coin"]),
-                vs_currency=str(data["vsCurrency"]),
+                coin=coin,
+                vs_currency=vs_currency,
                 price=price,
                 market_cap=_optional_float(data.get("marketCap")),
                 change_24h=_optional_float(data.get("24hChange")),

@@ -24,11 +24,13 @@ PRICE_PREFIX = f"{PREFIX}.price"
 PRICE_WILDCARD = f"{PRICE_PREFIX}.>"
 STORE_CONSUMER = "cryptostats-store"
 
-# Store -> anyone: a notice after a newer quote became a coin's latest.
+# Store -> anyone: a notice after a newer quote became a coin's latest (sent
+# again when that quote is delivered again).
 STORED_PREFIX = f"{PREFIX}.stored"
-# Store -> anyone: a coin's recent prices took quotes older than its latest
-# (an import of past history, a redelivery), so answers built from them,
-# like /deviation, may be out of date although the latest did not change.
+# Store -> anyone: quotes older than a coin's latest reached the Store (an
+# import of past history, a redelivery), so answers built from its recent
+# prices, like /deviation, may be out of date although the latest did not
+# change.
 REVISED_PREFIX = f"{PREFIX}.revised"
 # Store -> anyone: the database refused a write (sent on each failed try),
 # so answers remembered from before may be out of date.
@@ -59,5 +61,5 @@ def stored_subject(coin: str) -> str:
 
 
 def revised_subject(coin: str) -> str:
-    """The subject on which Store announces older quotes in a coin's recent prices."""
+    """The subject on which Store announces older quotes of a coin."""
     return f"{REVISED_PREFIX}.{coin}"

@@ -59,8 +59,10 @@ def served(fake: FakeCoinGecko, coin: str) -> list[float]:
     return [point.price for point in feed.points[:count]]
 
 
-async def stored(uri: str, database: str, coin: str) -> tuple[list[float], list[float]]:
-    """The stored history of `coin` (oldest first) and its recent-price list."""
+async def stored(
+    uri: str, database: str, coin: str
+) -> tuple[list[float], float | None]:
+    """The stored history of `coin` (oldest first) and its latest price."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         uri, tz_aware=True, serverSelectionTimeoutMS=3000
     )
@@ -68,31 +70,32 @@ async def stored(uri: str, database: str, coin: str) -> tuple[list[float], list[
         database_ = client[database]
         cursor = database_.quotes.find({"coin": coin}).sort("observed_at", 1)
         history = [document["price"] async for document in cursor]
-        latest = await database_.latest.find_one({"_id": coin})
+        latest = await database_.latest.find_one({"_id": "usd"})
     finally:
         await client.close()
 
-    recent = [entry["price"] for entry in latest["recent"]] if latest else []
-    return history, recent
+    entry = latest["coins"].get(coin) if latest else None
+    return history, entry and entry["price"]
 
 
 async def assert_every_quote_stored_once(
     fake: FakeCoinGecko, uri: str, database: str, timeout_s: float = 30.0
 ) -> None:
     """Wait until each coin's whole feed is stored, then check nothing is
-    doubled: the history and the recent-price list equal the feed exactly."""
+    doubled: the history equals the feed exactly, and the latest price is its
+    last."""
     for coin in COINS:
         everything = [point.price for point in fake.feeds[coin].points]
 
         async def complete(
             coin: str = coin, everything: list[float] = everything
         ) -> bool:
-            return await stored(uri, database, coin) == (everything, everything)
+            return await stored(uri, database, coin) == (everything, everything[-1])
 
         try:
             await wait_for(complete, timeout_s=timeout_s, interval_s=0.3)
         except AssertionError:
-            assert await stored(uri, database, coin) == (everything, everything)
+            assert await stored(uri, database, coin) == (everything, everything[-1])
 
 
 async def stats_price(http_url: str, coin: str) -> float | None:
@@ -238,7 +241,7 @@ async def test_coingecko_down_for_a_tick_skips_it_and_the_next_stores(
         history = await stored(settings.mongo.uri, settings.mongo.database, "bitcoin")
 
     assert second
-    assert history == ([40000.0, 40100.0], [40000.0, 40100.0])
+    assert history == ([40000.0, 40100.0], 40100.0)
 
 
 async def _requests_at_least(fake: FakeCoinGecko, count: int) -> bool:
@@ -280,7 +283,7 @@ async def test_a_redelivered_quote_changes_neither_history_nor_latest(
         await wait_for(consumed)
         history = await stored(settings.mongo.uri, settings.mongo.database, "bitcoin")
 
-    assert history == ([40000.0, 40100.0], [40000.0, 40100.0])
+    assert history == ([40000.0, 40100.0], 40100.0)
 
 
 async def test_a_quote_arriving_after_a_newer_one_takes_its_place_in_the_list(
@@ -312,7 +315,7 @@ async def test_a_quote_arriving_after_a_newer_one_takes_its_place_in_the_list(
         price = await stats_price(running.http_url, "bitcoin")
 
     prices = [40000.0, 40100.0, 40200.0]
-    assert history == (prices, prices)
+    assert history == (prices, prices[-1])
     assert price is None  # no HttpApi in this process
 
 
@@ -629,9 +632,8 @@ async def test_a_killed_embedded_server_is_restarted_and_storing_goes_on(
     assert embedded_pid(service, server, 1) != pid
     assert after > before
     assert code == 0
-    assert history == {
-        coin: ([p.price for p in fake.feeds[coin].points],) * 2 for coin in COINS
-    }
+    prices = {coin: [p.price for p in fake.feeds[coin].points] for coin in COINS}
+    assert history == {coin: (prices[coin], prices[coin][-1]) for coin in COINS}
 
 
 async def _ready_again(service: ServiceProcess, server: str) -> bool:

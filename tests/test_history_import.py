@@ -23,6 +23,7 @@ from cryptostats.history_import import (
 )
 from cryptostats.main import parse_args, run_import
 from cryptostats.messages import Quote
+from cryptostats.storage import QuoteStore
 from tests.conftest import REPO, ServiceProcess, get_json, run_actors, wait_for
 
 CSV_ROWS = """snapped_at,price,market_cap,total_volume
@@ -46,7 +47,8 @@ async def stored_quotes(settings: Settings, coin: str) -> list[dict[str, Any]]:
 async def latest(settings: Settings, coin: str) -> dict[str, Any] | None:
     client: AsyncMongoClient = AsyncMongoClient(settings.mongo.uri, tz_aware=True)
     try:
-        return await client[settings.mongo.database].latest.find_one({"_id": coin})
+        store = QuoteStore(client[settings.mongo.database])
+        return await store.latest(coin, settings.coins.vs_currency)
     finally:
         await client.close()
 
@@ -80,7 +82,8 @@ async def test_a_csv_import_stores_each_row_with_its_values(
     assert rows[2]["change_24h"] == pytest.approx(-10.0)
     document = await latest(settings, "bitcoin")
     assert document is not None
-    assert [entry["price"] for entry in document["recent"]] == [100.0, 110.0, 99.0]
+    assert document["price"] == 99.0
+    assert document["observed_at"] == rows[2]["observed_at"]
 
 
 async def test_importing_the_same_csv_twice_stores_nothing_new(

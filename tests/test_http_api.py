@@ -50,8 +50,8 @@ async def seed(settings: Settings, quotes: list[Quote]) -> None:
     """Store `quotes` through the Store's own write path."""
     client = connect(settings.mongo.uri)
     try:
-        store = QuoteStore(client[settings.mongo.database], 1000)
-        await store.ensure_indexes()
+        store = QuoteStore(client[settings.mongo.database])
+        await store.prepare()
         for quote in quotes:
             await store.save(quote)
     finally:
@@ -150,7 +150,7 @@ async def test_a_history_page_reads_about_as_many_quotes_as_it_returns(
     """SecantusDB sorts all that a filter matches: each window must be small."""
     await seed(api_settings, [quote_at(T0 + i * TICK, 1.0 + i) for i in range(600)])
     client = connect(api_settings.mongo.uri)
-    store = QuoteStore(client[api_settings.mongo.database], 1000)
+    store = QuoteStore(client[api_settings.mongo.database])
     try:
         page = await store.history(
             HistoryQuery("bitcoin", "usd", T0 + 600 * TICK, 50, 51 * TICK.seconds)

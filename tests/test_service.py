@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import pytest
 from pymongo import AsyncMongoClient
 
+from cryptostats import subjects
 from cryptostats.config import Settings
 from cryptostats.fakegecko import FakeCoinGecko
+from cryptostats.messages import Quote, dumps, loads
 from tests.conftest import Running, get_json, make_settings, run_actors, wait_for
 
 
@@ -95,17 +98,16 @@ async def test_a_quote_seen_again_is_stored_once(
 
         client: AsyncMongoClient = AsyncMongoClient(settings.mongo.uri, tz_aware=True)
         database = client[settings.mongo.database]
-        stored = await database.quotes.count_documents({"coin": "bitcoin"})
-        latest = await database.latest.find_one({"_id": "bitcoin"})
+        cursor = database.quotes.find({"coin": "bitcoin"}).sort("observed_at", 1)
+        stored = [document["price"] async for document in cursor]
+        latest = await database.latest.find_one({"_id": "usd"})
         await client.close()
+        _, body = await get_json(f"{running.http_url}/deviation?coin=bitcoin")
 
-    assert stored == 3
+    assert stored == [40000.0, 45000.0, 50000.0]
     assert latest is not None
-    assert [entry["price"] for entry in latest["recent"]] == [
-        40000.0,
-        45000.0,
-        50000.0,
-    ]
+    assert latest["coins"]["bitcoin"]["price"] == 50000.0
+    assert body["count"] == 3
 
 
 async def _requests_at_least(fake: FakeCoinGecko, count: int) -> bool:
@@ -158,3 +160,37 @@ async def test_without_a_store_the_api_answers_503(
 
     assert status == 503
     assert body["error"]["code"] == "store_unavailable"
+
+
+async def test_an_event_or_query_whose_coin_is_no_coin_id_is_refused(
+    settings: Settings,
+) -> None:
+    # Coin ids name fields of the `latest` document: "a.b" or "$x" would
+    # write, or read, somewhere else.
+    moment = datetime.now(UTC).replace(microsecond=0)
+    good = Quote("bitcoin", "usd", 41000.0, None, None, moment, moment).to_dict()
+    async with run_actors(settings) as running:
+        js = running.client.jetstream()
+        for coin in ("bit.coin", "$bitcoin"):
+            subject = subjects.price_subject("bitcoin", "usd")
+            await js.publish(subject, dumps(good | {"coin": coin}))
+        await js.publish(subjects.price_subject("bitcoin", "usd"), dumps(good))
+
+        async def served() -> bool:
+            status, _ = await get_json(f"{running.http_url}/stats?coin=bitcoin")
+            return status == 200
+
+        await wait_for(served)
+        reply = await running.client.request(
+            subjects.QUERY_LATEST, dumps({"coin": "coins.bitcoin"}), timeout=5
+        )
+        client: AsyncMongoClient = AsyncMongoClient(settings.mongo.uri, tz_aware=True)
+        database = client[settings.mongo.database]
+        stored = await database.quotes.distinct("coin")
+        latest = await database.latest.find_one({"_id": "usd"})
+        await client.close()
+
+    assert loads(reply.data)["error"]["code"] == "bad_query"
+    assert stored == ["bitcoin"]
+    assert latest is not None
+    assert list(latest["coins"]) == ["bitcoin"]

@@ -12,8 +12,8 @@ missed while it was down, and whenever the Store says its database refused
 a write.
 
 A coin's answers are also dropped when the Store announces that quotes older
-than its latest joined its recent prices (an import of past history), and
-an answer whose load began before any drop is not kept.
+than its latest reached it (an import of past history), and an answer whose
+load began before any drop is not kept.
 
 Requests that miss while the same answer is being loaded wait for that one
 load; a notice makes requests after it start a load of their own.
@@ -212,8 +212,8 @@ class ReadCache:
             self.notice(coin, observed_at)
 
     async def _forget_revised(self, messages: AsyncIterator[Msg]) -> None:
-        # Older quotes joined a coin's recent prices: its latest is the same,
-        # but answers built from recent prices (/deviation) changed.
+        # Older quotes of a coin were stored: its latest is the same, but
+        # answers built from recent prices (/deviation) may have changed.
         async for msg in messages:
             self.forget(msg.subject.rpartition(".")[2])
 

@@ -33,7 +33,7 @@ from cryptostats.storage import QuoteStore, Saved, connect
 
 log = structlog.get_logger("cryptostats.store", actor="store")
 
-# Events written per batch: one history insert and one latest update each.
+# Events written per batch: one history insert and one latest write each.
 # 512 against 256: import 0.61 and 0.72 of a bare insert_many against 0.57
 # and 0.48, alternating runs on one machine.
 FETCH_BATCH = 512
@@ -57,11 +57,8 @@ class Store:
     async def run(self, *, task_status: TaskStatus[None]) -> None:
         client = connect(self._settings.mongo.uri)
         try:
-            store = QuoteStore(
-                client[self._settings.mongo.database],
-                self._settings.mongo.recent_prices,
-            )
-            await store.ensure_indexes()
+            store = QuoteStore(client[self._settings.mongo.database])
+            await store.prepare()
             if self._offers_import:
                 await self._offer_import(store)
             await self._serve(store, task_status)
@@ -76,8 +73,10 @@ class Store:
         data_dir = self._settings.service.data_dir
         default = ServiceSettings.model_fields["data_dir"].default
         where = None if data_dir == default else data_dir
-        for coin in self._settings.coins.ids:
-            if await store.latest(coin) is None:
+        coins = self._settings.coins
+        have = await store.latest_times(list(coins.ids), coins.vs_currency)
+        for coin in coins.ids:
+            if coin not in have:
                 command = import_command(coin, where)
                 log.info("history_missing", coin=coin, command=command)
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 from typing import Any
 
 import structlog
 
 from cryptostats import subjects
 from cryptostats.actors.ticker import tick_interval_s
-from cryptostats.config import Settings
+from cryptostats.config import COIN_RE, Settings
 from cryptostats.messages import from_iso, to_iso
 from cryptostats.storage import HistoryQuery, QuoteStore
 
@@ -50,17 +49,27 @@ async def answer_query(
 async def latest(
     query: dict[str, Any], store: QuoteStore, settings: Settings
 ) -> dict[str, Any]:
-    """`{"coin", "prices"}` -> the latest quote with up to `prices` recent prices."""
+    """`{"coin", "prices"}` -> the latest quote with its newest prices, up to
+    `prices` of them and at most `mongo.recent_prices`, oldest first."""
     coin = _coin(query)
     prices = query.get("prices", 0)
-    if not isinstance(prices, int) or prices < 0:
+    if not isinstance(prices, int) or isinstance(prices, bool) or prices < 0:
         raise ValueError("'prices' must be a non-negative integer")
 
-    document = await store.latest(coin)
+    vs_currency = settings.coins.vs_currency
+    document = await store.latest(coin, vs_currency)
     if document is None:
         return {"found": False}
 
-    return {"found": True, "quote": _quote_json(document, prices)}
+    recent: list[float] = []
+    count = min(prices, settings.mongo.recent_prices)
+    if count:
+        recent = await store.recent_prices(
+            _page(coin, document, count, settings, before=None)
+        )
+    quote = _quote_json(document, vs_currency) | {"recentPrices": recent}
+
+    return {"found": True, "quote": quote}
 
 
 async def history(
@@ -74,23 +83,15 @@ async def history(
     coin, limit = _coin(query), query.get("limit")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise ValueError(f"'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}")
-    document = await store.latest(coin)
+    before = query.get("before")
+    if before is not None and not isinstance(before, str):
+        raise ValueError("'before' must be an ISO 8601 time")
+    document = await store.latest(coin, settings.coins.vs_currency)
     if document is None:
         return {"quotes": []}
 
-    before = _history_start(query.get("before"), document)
-    interval_s = _spacing_s(document) or tick_interval_s(
-        settings.schedule.cron, datetime.now(UTC)
-    )
-    page = await store.history(
-        HistoryQuery(
-            coin=coin,
-            vs_currency=settings.coins.vs_currency,
-            before=before,
-            limit=limit,
-            span_s=interval_s * (limit + 1),
-        )
-    )
+    start = None if before is None else from_iso(before)
+    page = await store.history(_page(coin, document, limit, settings, start))
     log.debug("history_read", coin=coin, quotes=len(page.quotes), windows=page.windows)
 
     return {"quotes": [_history_json(document) for document in page.quotes]}
@@ -106,7 +107,7 @@ async def coins(
     if len(wanted) > MAX_COINS_PER_QUERY:
         raise ValueError(f"at most {MAX_COINS_PER_QUERY} coins per query")
 
-    times = await store.latest_times(wanted)
+    times = await store.latest_times(wanted, settings.coins.vs_currency)
 
     return {"observedAt": {coin: to_iso(moment) for coin, moment in times.items()}}
 
@@ -130,47 +131,46 @@ ANSWERS: dict[str, Answer] = {
 
 def _coin(query: dict[str, Any]) -> str:
     coin = query.get("coin")
-    if not isinstance(coin, str):
-        raise ValueError("query must have a string 'coin'")
+    if not isinstance(coin, str) or not COIN_RE.fullmatch(coin):
+        raise ValueError("query must have a 'coin' id (lowercase letters, digits, -)")
 
     return coin
 
 
-def _history_start(before: Any, document: dict[str, Any]) -> datetime:
-    if before is not None and not isinstance(before, str):
-        raise ValueError("'before' must be an ISO 8601 time")
+def _page(
+    coin: str,
+    latest: dict[str, Any],
+    limit: int,
+    settings: Settings,
+    before: datetime | None,
+) -> HistoryQuery:
+    """`limit` quotes of `coin` before `before`, or from its latest quote on.
 
+    The first window spans `limit` ticks of the schedule; the reads widen it
+    where the history is sparser (an import of daily prices).
+    """
     # Nothing is newer than the latest quote: start there, not at `before`.
-    newest = document["observed_at"] + ONE_MS
+    newest = latest["observed_at"] + ONE_MS
+    interval_s = tick_interval_s(settings.schedule.cron, datetime.now(UTC))
 
-    return newest if before is None else min(newest, from_iso(before))
-
-
-def _spacing_s(document: dict[str, Any]) -> float | None:
-    """The median time between the coin's recent quotes: how dense its
-    history is near the newest end, whatever the schedule (an import can
-    be denser or sparser than ticks). None with fewer than two quotes."""
-    times = [entry["observed_at"] for entry in document.get("recent", [])]
-    gaps = sorted(
-        (later - earlier).total_seconds() for earlier, later in pairwise(times)
+    return HistoryQuery(
+        coin=coin,
+        vs_currency=settings.coins.vs_currency,
+        before=newest if before is None else min(newest, before),
+        limit=limit,
+        span_s=interval_s * (limit + 1),
     )
-    if not gaps:
-        return None
-
-    return max(gaps[len(gaps) // 2], 0.001)
 
 
-def _quote_json(document: dict[str, Any], prices: int) -> dict[str, Any]:
-    recent = [entry["price"] for entry in document.get("recent", [])]
+def _quote_json(document: dict[str, Any], vs_currency: str) -> dict[str, Any]:
     return {
-        "coin": document["_id"],
-        "vsCurrency": document["vs_currency"],
+        "coin": document["coin"],
+        "vsCurrency": vs_currency,
         "price": document["price"],
         "marketCap": document["market_cap"],
         "24hChange": document["change_24h"],
         "observedAt": to_iso(document["observed_at"]),
         "fetchedAt": to_iso(document["fetched_at"]),
-        "recentPrices": recent[-prices:] if prices else [],
     }
 
 
