@@ -113,6 +113,9 @@ class QuoteStore:
             return
 
         for vs_currency, candidates in newest_of.items():
+            # A coin whose id is this currency's code held the new document's
+            # _id; its quote is in `candidates` now.
+            await self._latest.delete_one({"_id": vs_currency, **earlier})
             await self._advance_latest(vs_currency, candidates)
         await self._latest.delete_many(earlier)
         log.info("latest_layout_upgraded", coins=sum(map(len, newest_of.values())))

@@ -207,26 +207,29 @@ async def test_a_batch_of_many_coins_moves_their_latest_with_one_write(
     assert latest["price"] == 102.0
 
 
+async def insert_earlier_latest(store: QuoteStore, coin: str, number: int) -> None:
+    """A `latest` document of the earlier layout: one per coin."""
+    moment = quote(number).observed_at
+    await store._latest.insert_one(
+        {
+            "_id": coin,
+            "vs_currency": "usd",
+            "price": 100.0 + number,
+            "market_cap": None,
+            "change_24h": None,
+            "observed_at": moment,
+            "fetched_at": moment,
+            "recent": [{"observed_at": moment, "price": 100.0 + number}],
+        }
+    )
+
+
 async def test_latest_documents_of_the_earlier_layout_are_moved_in(
     store: QuoteStore,
 ) -> None:
-    # One document per coin, as written before one held them all.
-    database = store._latest.database
-    for number, coin in ((4, "bitcoin"), (2, "ethereum")):
-        moment = quote(number).observed_at
-        await database["latest"].insert_one(
-            {
-                "_id": coin,
-                "vs_currency": "usd",
-                "price": 100.0 + number,
-                "market_cap": None,
-                "change_24h": None,
-                "observed_at": moment,
-                "fetched_at": moment,
-                "recent": [{"observed_at": moment, "price": 100.0 + number}],
-            }
-        )
     await store.save_many([quote(5, "ethereum")])
+    await insert_earlier_latest(store, "bitcoin", 4)
+    await insert_earlier_latest(store, "ethereum", 2)
 
     await store.prepare()
     await store.prepare()
@@ -235,7 +238,22 @@ async def test_latest_documents_of_the_earlier_layout_are_moved_in(
         "bitcoin": quote(4).observed_at,
         "ethereum": quote(5).observed_at,
     }
-    assert await database["latest"].count_documents({}) == 1
+    assert await store._latest.count_documents({}) == 1
+
+
+async def test_an_earlier_latest_of_a_coin_named_like_a_currency_is_moved_in(
+    store: QuoteStore,
+) -> None:
+    # Its _id, "usd", is the one the new document takes.
+    await insert_earlier_latest(store, "usd", 3)
+    await insert_earlier_latest(store, "bitcoin", 4)
+
+    await store.prepare()
+
+    assert await store.latest_times(["bitcoin", "usd"], "usd") == {
+        "bitcoin": quote(4).observed_at,
+        "usd": quote(3).observed_at,
+    }
 
 
 async def test_an_empty_batch_writes_nothing(store: QuoteStore) -> None:
