@@ -71,6 +71,14 @@ class Saved(NamedTuple):
     revised: set[str]
 
 
+class Candidate(NamedTuple):
+    """The newest quote of a coin in a batch, and the observed time of the
+    batch's next newest quote of that coin (None when it has no other)."""
+
+    quote: Quote
+    earlier: datetime | None
+
+
 class QuoteStore:
     """Reads and writes quotes in one database."""
 
@@ -101,14 +109,17 @@ class QuoteStore:
 
     async def _fold_per_coin_latest(self) -> None:
         earlier = {"coins": {"$exists": False}}
-        newest_of: dict[str, dict[str, Quote]] = {}
+        newest_of: dict[str, dict[str, Candidate]] = {}
         async for document in self._latest.find(earlier):
             quote = Quote(
                 coin=document["_id"],
                 vs_currency=document["vs_currency"],
                 **{name: document[name] for name in LATEST_FIELDS},
             )
-            newest_of.setdefault(quote.vs_currency, {})[quote.coin] = quote
+            recent = document.get("recent", [])
+            before = recent[-2]["observed_at"] if len(recent) > 1 else None
+            of_currency = newest_of.setdefault(quote.vs_currency, {})
+            of_currency[quote.coin] = Candidate(quote, before)
         if not newest_of:
             return
 
@@ -151,12 +162,10 @@ class QuoteStore:
                 document; nothing is lost by calling again.
         """
         added = await self._insert_history(quotes)
-        newest_of: dict[str, dict[str, Quote]] = {}
+        newest_of: dict[str, dict[str, Candidate]] = {}
         for quote in quotes:
             of_currency = newest_of.setdefault(quote.vs_currency, {})
-            known = of_currency.get(quote.coin)
-            if known is None or quote.observed_at > known.observed_at:
-                of_currency[quote.coin] = quote
+            of_currency[quote.coin] = _candidate(of_currency.get(quote.coin), quote)
 
         moved: dict[str, Quote] = {}
         already: dict[str, Quote] = {}
@@ -173,7 +182,7 @@ class QuoteStore:
         return Saved(added, moved | already, revised)
 
     async def _advance_latest(
-        self, vs_currency: str, candidates: dict[str, Quote]
+        self, vs_currency: str, candidates: dict[str, Candidate]
     ) -> tuple[dict[str, Quote], dict[str, Quote]]:
         # Read the document, put in the candidates newer than their coin's
         # entry, and write it back only if no one wrote it in between.
@@ -181,16 +190,19 @@ class QuoteStore:
         for _ in range(LATEST_ATTEMPTS):
             document = await self._latest.find_one({"_id": vs_currency})
             entries = document["coins"] if document else {}
-            newer: dict[str, Quote] = {}
+            newer: dict[str, dict[str, Any]] = {}
             already: dict[str, Quote] = {}
-            for coin, quote in candidates.items():
+            for coin, (quote, earlier) in candidates.items():
                 entry = entries.get(coin)
                 if entry is None or quote.observed_at > entry["observed_at"]:
-                    newer[coin] = quote
+                    times = (earlier, entry and entry["observed_at"])
+                    before = max((t for t in times if t is not None), default=None)
+                    newer[coin] = _latest_entry(quote, before)
                 elif quote.observed_at == entry["observed_at"]:
                     already[coin] = quote
             if not newer or await self._write_latest(vs_currency, document, newer):
-                return newer, already
+                moved = {coin: candidates[coin].quote for coin in newer}
+                return moved, already
 
         raise LatestContendedError(vs_currency, LATEST_ATTEMPTS)
 
@@ -198,10 +210,9 @@ class QuoteStore:
         self,
         vs_currency: str,
         document: dict[str, Any] | None,
-        newer: dict[str, Quote],
+        entries: dict[str, dict[str, Any]],
     ) -> bool:
-        """Write `newer` into the latest document as read; False if it moved."""
-        entries = {coin: _latest_entry(quote) for coin, quote in newer.items()}
+        """Write `entries` into the latest document as read; False if it moved."""
         if document is None:
             try:
                 await self._latest.insert_one(
@@ -369,5 +380,24 @@ def _history_document(quote: Quote) -> dict[str, Any]:
     }
 
 
-def _latest_entry(quote: Quote) -> dict[str, Any]:
-    return {name: getattr(quote, name) for name in LATEST_FIELDS}
+def _candidate(known: Candidate | None, quote: Quote) -> Candidate:
+    """`known` with `quote` of the same coin taken into account."""
+    if known is None:
+        return Candidate(quote, None)
+    newest, earlier = known
+    if quote.observed_at > newest.observed_at:
+        return Candidate(quote, newest.observed_at)
+    if quote.observed_at < newest.observed_at and (
+        earlier is None or quote.observed_at > earlier
+    ):
+        return Candidate(newest, quote.observed_at)
+    return known
+
+
+def _latest_entry(quote: Quote, before: datetime | None) -> dict[str, Any]:
+    """A coin's entry in the latest document: the quote, and how long after
+    the quote before it (`before`) it was observed (`gap_s`, None for a first
+    quote), which tells history reads how dense the newest history is."""
+    entry: dict[str, Any] = {name: getattr(quote, name) for name in LATEST_FIELDS}
+    entry["gap_s"] = (quote.observed_at - before).total_seconds() if before else None
+    return entry

@@ -114,6 +114,25 @@ async def test_one_batch_advances_the_latest_of_each_of_its_coins(
     }
 
 
+async def test_the_latest_entry_keeps_the_gap_before_its_quote(
+    store: QuoteStore,
+) -> None:
+    # History reads size their first window from it.
+    await store.save_many([quote(i) for i in (0, 3, 1)])
+    within_batch = await store.latest("bitcoin", "usd")
+    await store.save_many([quote(7), quote(2)])
+    since_the_latest = await store.latest("bitcoin", "usd")
+    await store.save_many([quote(0, "ethereum")])
+    first = await store.latest("ethereum", "usd")
+
+    assert within_batch is not None
+    assert within_batch["gap_s"] == 2 * 900
+    assert since_the_latest is not None
+    assert since_the_latest["gap_s"] == 4 * 900
+    assert first is not None
+    assert first["gap_s"] is None
+
+
 async def test_two_stores_writing_one_coin_keep_the_newest(
     store: QuoteStore, mongo_uri: str
 ) -> None:

@@ -146,12 +146,17 @@ def _page(
 ) -> HistoryQuery:
     """`limit` quotes of `coin` before `before`, or from its latest quote on.
 
-    The first window spans `limit` ticks of the schedule; the reads widen it
-    where the history is sparser (an import of daily prices).
+    The first window spans `limit` times the gap between the coin's two
+    newest quotes, or the schedule's tick interval if that is shorter (the
+    gap before a tick after an outage is long): a window too long would
+    match, and sort, more quotes than wanted, while one too short only
+    makes the reads widen it (an import of daily prices).
     """
     # Nothing is newer than the latest quote: start there, not at `before`.
     newest = latest["observed_at"] + ONE_MS
     interval_s = tick_interval_s(settings.schedule.cron, datetime.now(UTC))
+    if latest.get("gap_s"):
+        interval_s = min(interval_s, latest["gap_s"])
 
     return HistoryQuery(
         coin=coin,
