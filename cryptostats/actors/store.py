@@ -133,8 +133,9 @@ class Store:
             await self._nats.publish(
                 subjects.stored_subject(coin), dumps(quote.to_dict())
             )
-        # A coin whose latest advanced has had its notice already.
-        for coin in revised - newest.keys():
+        # `revised` leaves out the coins whose latest moved: their stored
+        # notice says more.
+        for coin in revised:
             await self._nats.publish(
                 subjects.revised_subject(coin), dumps({"coin": coin})
             )
