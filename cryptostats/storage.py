@@ -19,11 +19,13 @@ would cost as much as the whole history of the coin.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import anyio
 import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -41,6 +43,8 @@ HISTORY_START = EARLIEST_OBSERVED
 MAX_WINDOW_GROWTH = 8.0
 MIN_WINDOW_S = 1.0
 LATEST_ATTEMPTS = 5
+# The longest pause before a second attempt, grown by each further one.
+LATEST_BACKOFF_S = 0.01
 # The fields of a coin's entry in the `latest` document.
 LATEST_FIELDS = ("price", "market_cap", "change_24h", "observed_at", "fetched_at")
 
@@ -187,7 +191,11 @@ class QuoteStore:
         # Read the document, put in the candidates newer than their coin's
         # entry, and write it back only if no one wrote it in between.
         # Returns those candidates, and the ones that were the entry already.
-        for _ in range(LATEST_ATTEMPTS):
+        for attempt in range(LATEST_ATTEMPTS):
+            if attempt:
+                # Writers that missed together would otherwise read and
+                # write in step again.
+                await anyio.sleep(random.uniform(0, LATEST_BACKOFF_S * attempt))
             document = await self._latest.find_one({"_id": vs_currency})
             entries = document["coins"] if document else {}
             newer: dict[str, dict[str, Any]] = {}
