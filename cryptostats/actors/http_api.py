@@ -26,9 +26,9 @@ from cryptostats.actors.read_cache import ReadCache, Versioned
 from cryptostats.errors import ConfigError
 from cryptostats.messages import dumps, from_iso, loads, to_iso
 from cryptostats.web import docs
-from cryptostats.web.caching import cache_headers, not_modified
+from cryptostats.web.caching import Validated, cache_control, not_modified
 from cryptostats.web.errors import ApiError, json_response
-from cryptostats.web.observe import add_routes, protocol_logger
+from cryptostats.web.observe import Routes, protocol_logger
 from cryptostats.web.openapi import openapi_document
 from cryptostats.web.params import (
     parse_before,
@@ -62,12 +62,12 @@ class HttpApi:
         self._settings = context.settings
         self._states = context.states
         self._tracked = frozenset(context.settings.coins.tracked)
+        self._cron = context.settings.schedule.cron
         self._openapi = dumps(openapi_document())
         self._reads = ReadCache(context.nats)
 
-    def app(self) -> web.Application:
-        """The aiohttp application with every route."""
-        app = web.Application()
+    def routes(self) -> Routes:
+        """Every route of the API, each path with its handler."""
         routes = {
             "/stats": self.stats,
             "/deviation": self.deviation,
@@ -79,18 +79,18 @@ class HttpApi:
             "/openapi.json": self.openapi,
             **docs.routes(),
         }
-        add_routes(app, routes, access_log=self._settings.http.access_log)
-        return app
+
+        return Routes(routes, access_log=self._settings.http.access_log)
 
     async def run(self, *, task_status: TaskStatus[None]) -> None:
-        runner = web.AppRunner(
-            self.app(),
+        server = web.Server(
+            self.routes(),
             access_log=None,
-            handle_signals=False,
             logger=protocol_logger(),
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_FIELD_BYTES,
         )
+        runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         try:
             http = self._settings.http
@@ -104,20 +104,22 @@ class HttpApi:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
 
-    async def stats(self, request: web.Request) -> web.StreamResponse:
+    async def stats(self, request: web.BaseRequest) -> web.StreamResponse:
         """`GET /stats?coin=`: the latest price, market cap and 24 h change."""
         coin = self._canonical_tracked(parse_coin(request))
         # From memory without awaiting anything, when it can be.
         answer = self._reads.remembered(coin, "stats") or await self._reads.get(
             coin, "stats", lambda: self._stats_body(coin)
         )
-        observed_at, body = answer
-        headers = cache_headers(observed_at, self._settings.schedule.cron, time.time())
-        if not_modified(request, observed_at):
+        headers = {
+            "Cache-Control": cache_control(self._cron, time.time()),
+            "Last-Modified": answer.last_modified,
+        }
+        if not_modified(request, answer.modified_at):
             return web.Response(status=304, headers=headers)
 
         headers["Content-Type"] = "application/json"
-        return web.Response(body=body, headers=headers)
+        return web.Response(body=answer.body, headers=headers)
 
     async def _stats_body(self, coin: str) -> Versioned:
         quote = await self._latest(coin, prices=0)
@@ -128,10 +130,11 @@ class HttpApi:
             "24hChange": quote["24hChange"],
             "observedAt": quote["observedAt"],
         }
+        observed_at = from_iso(quote["observedAt"])
 
-        return quote["observedAt"], (from_iso(quote["observedAt"]), dumps(body))
+        return quote["observedAt"], Validated.of(dumps(body), observed_at)
 
-    async def deviation(self, request: web.Request) -> web.Response:
+    async def deviation(self, request: web.BaseRequest) -> web.Response:
         """`GET /deviation?coin=&window=`: population std of recent prices."""
         coin = self._canonical_tracked(parse_coin(request))
         window = parse_window(request)
@@ -155,7 +158,7 @@ class HttpApi:
             }
         )
 
-    async def history(self, request: web.Request) -> web.Response:
+    async def history(self, request: web.BaseRequest) -> web.Response:
         """`GET /history?coin=&limit=&before=`: stored quotes, newest first."""
         coin, limit = parse_coin(request), parse_limit(request)
         before = parse_before(request)
@@ -176,7 +179,7 @@ class HttpApi:
             }
         )
 
-    async def coins(self, request: web.Request) -> web.Response:
+    async def coins(self, request: web.BaseRequest) -> web.Response:
         """`GET /coins`: tracked coins, their aliases, each latest observedAt."""
         tracked = list(self._settings.coins.tracked)
         answer = self._answer_or_503(
@@ -197,11 +200,11 @@ class HttpApi:
             }
         )
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self, request: web.BaseRequest) -> web.Response:
         """`GET /healthz`: the process lives; each actor's state."""
         return json_response({"status": "ok", "actors": self._states()})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: web.BaseRequest) -> web.Response:
         """`GET /readyz`: NATS connected, a Store answering, every actor ready."""
         states = self._states()
         checks = {
@@ -220,7 +223,7 @@ class HttpApi:
 
         return json_response(body, 200 if ready else 503)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
         """`GET /metrics`: this process's metrics in Prometheus text format."""
         body, content_type = metrics.exposition()
         response = web.Response(body=body)
@@ -228,7 +231,7 @@ class HttpApi:
 
         return response
 
-    async def openapi(self, request: web.Request) -> web.Response:
+    async def openapi(self, request: web.BaseRequest) -> web.Response:
         """`GET /openapi.json`: the OpenAPI 3.1 document of this API."""
         return web.Response(body=self._openapi, content_type="application/json")
 
@@ -295,7 +298,7 @@ class HttpApi:
         )
 
 
-def _listening_url(runner: web.AppRunner) -> str:
+def _listening_url(runner: web.BaseRunner) -> str:
     """The URL actually listened on: port 0 picks a free port."""
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host

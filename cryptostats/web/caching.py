@@ -2,56 +2,66 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import NamedTuple
 
 from aiohttp import hdrs, web
 
 from cryptostats.actors.ticker import next_tick
 
 
-def cache_headers(observed_at: datetime, cron: str, now_s: float) -> dict[str, str]:
-    """`Cache-Control` lasting until the next tick, and `Last-Modified`.
+class Validated(NamedTuple):
+    """An answer body with its `Last-Modified`, worked out once per quote."""
+
+    body: bytes
+    # The quote's observed time to whole seconds, as HTTP dates have it.
+    modified_at: datetime
+    last_modified: str
+
+    @classmethod
+    def of(cls, body: bytes, observed_at: datetime) -> Validated:
+        modified_at = observed_at.astimezone(UTC).replace(microsecond=0)
+        return cls(body, modified_at, format_datetime(modified_at, usegmt=True))
+
+
+class _Freshness(NamedTuple):
+    second: int
+    upcoming_tick_s: float
+    cache_control: str
+
+
+_freshness: dict[str, _Freshness] = {}
+
+
+def cache_control(cron: str, now_s: float) -> str:
+    """`Cache-Control` lasting until the next tick of `cron`.
 
     A new quote can only arrive after the next tick, so until then a cached
     answer is as good as a fresh one. `now_s` is a Unix time in seconds.
+    The value changes once a second at most, and is worked out once then:
+    finding the next tick costs more than the rest of a /stats answer
+    served from memory.
     """
-    max_age_s = math.ceil(_upcoming_tick_s(cron, now_s) - now_s)
+    second = int(now_s)
+    known = _freshness.get(cron)
+    if known is not None and known.second == second:
+        return known.cache_control
 
-    return {
-        "Cache-Control": f"public, max-age={max(0, max_age_s)}",
-        "Last-Modified": http_date(observed_at),
-    }
-
-
-_upcoming_s: dict[str, float] = {}
-
-
-def _upcoming_tick_s(cron: str, now_s: float) -> float:
-    # The next tick stays the same until it passes; computing it costs more
-    # than the rest of a /stats answer served from memory.
-    moment_s = _upcoming_s.get(cron)
-    if moment_s is None or moment_s <= now_s:
+    upcoming_s = known.upcoming_tick_s if known else 0.0
+    if upcoming_s <= now_s:
         after = datetime.fromtimestamp(now_s, UTC)
-        moment_s = _upcoming_s[cron] = next_tick(cron, after).timestamp()
+        upcoming_s = next_tick(cron, after).timestamp()
+    max_age_s = max(0, math.ceil(upcoming_s - now_s))
+    value = f"public, max-age={max_age_s}"
+    _freshness[cron] = _Freshness(second, upcoming_s, value)
 
-    return moment_s
-
-
-@functools.lru_cache(maxsize=1024)
-def http_date(moment: datetime) -> str:
-    """`moment` as an HTTP date (whole seconds, GMT).
-
-    Remembered: every /stats answer of a coin formats the same moment
-    until its next quote.
-    """
-    return format_datetime(moment.astimezone(UTC).replace(microsecond=0), usegmt=True)
+    return value
 
 
-def not_modified(request: web.Request, observed_at: datetime) -> bool:
-    """True when the caller's `If-Modified-Since` already covers `observed_at`.
+def not_modified(request: web.BaseRequest, modified_at: datetime) -> bool:
+    """True when the caller's `If-Modified-Since` already covers `modified_at`.
 
     As HTTP has it (RFC 9110, 13.1.3): the date is ignored when the request
     also carries `If-None-Match` (we send no ETag, so nothing matches it),
@@ -64,4 +74,4 @@ def not_modified(request: web.Request, observed_at: datetime) -> bool:
     if since is None or since > datetime.now(UTC):
         return False
 
-    return observed_at.replace(microsecond=0) <= since
+    return modified_at <= since

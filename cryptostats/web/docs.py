@@ -24,21 +24,20 @@ def _read(name: str) -> bytes:
 
 
 def routes() -> dict[str, Handler]:
-    """The page at `/docs` and its assets at `/docs/<name>`."""
-    bodies = {name: _read(name) for name in ASSETS}
+    """The page at `/docs` and each of its assets at `/docs/<name>`."""
+    routes = {"/docs": _served("docs.html")}
+    for name in ASSETS:
+        routes[f"/docs/{name}"] = _served(name)
 
-    def serve(name: str) -> web.Response:
-        response = web.Response(body=bodies[name], content_type=ASSETS[name])
+    return routes
+
+
+def _served(name: str) -> Handler:
+    body, content_type = _read(name), ASSETS[name]
+
+    async def serve(request: web.BaseRequest) -> web.Response:
+        response = web.Response(body=body, content_type=content_type)
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 
-    async def page(request: web.Request) -> web.Response:
-        return serve("docs.html")
-
-    async def asset(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in ASSETS:
-            raise web.HTTPNotFound()
-        return serve(name)
-
-    return {"/docs": page, "/docs/{name}": asset}
+    return serve

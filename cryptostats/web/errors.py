@@ -12,7 +12,7 @@ from cryptostats.messages import dumps
 
 log = structlog.get_logger("cryptostats.http_api", actor="http_api")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
@@ -44,7 +44,7 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status, headers)
 
 
-def error_answer(request: web.Request, exc: Exception) -> web.Response:
+def error_answer(request: web.BaseRequest, exc: Exception) -> web.Response:
     """The JSON error answer for a failure raised while handling `request`.
 
     Raises:
@@ -61,7 +61,7 @@ def error_answer(request: web.Request, exc: Exception) -> web.Response:
     return error_response(500, "internal_error", "internal error")
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+def _http_error(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:
     code = exc.reason.lower().replace(" ", "_")
     # A 405 must say which methods the route takes.
     headers = {hdrs.ALLOW: exc.headers[hdrs.ALLOW]} if hdrs.ALLOW in exc.headers else {}

@@ -22,7 +22,7 @@ MAX_LIMIT = 1000
 MAX_TIME_CHARS = 40
 
 
-def single_param(request: web.Request, name: str) -> str | None:
+def single_param(request: web.BaseRequest, name: str) -> str | None:
     """The one value of query parameter `name`, or None when absent.
 
     Raises:
@@ -37,7 +37,7 @@ def single_param(request: web.Request, name: str) -> str | None:
     return values[0] if values else None
 
 
-def parse_coin(request: web.Request) -> str:
+def parse_coin(request: web.BaseRequest) -> str:
     """The validated `coin` parameter.
 
     Raises:
@@ -54,7 +54,7 @@ def parse_coin(request: web.Request) -> str:
     return coin
 
 
-def parse_window(request: web.Request) -> int:
+def parse_window(request: web.BaseRequest) -> int:
     """The validated `window` parameter, DEFAULT_WINDOW when absent.
 
     Raises:
@@ -63,7 +63,7 @@ def parse_window(request: web.Request) -> int:
     return _bounded_int(request, "window", DEFAULT_WINDOW, MIN_WINDOW, MAX_WINDOW)
 
 
-def parse_limit(request: web.Request) -> int:
+def parse_limit(request: web.BaseRequest) -> int:
     """The validated `limit` parameter of /history, DEFAULT_LIMIT when absent.
 
     Raises:
@@ -72,7 +72,7 @@ def parse_limit(request: web.Request) -> int:
     return _bounded_int(request, "limit", DEFAULT_LIMIT, MIN_LIMIT, MAX_LIMIT)
 
 
-def parse_before(request: web.Request) -> datetime | None:
+def parse_before(request: web.BaseRequest) -> datetime | None:
     """The validated `before` cursor of /history: an ISO 8601 time with zone.
 
     Raises:
@@ -92,7 +92,7 @@ def parse_before(request: web.Request) -> datetime | None:
 
 
 def _bounded_int(
-    request: web.Request, name: str, default: int, low: int, high: int
+    request: web.BaseRequest, name: str, default: int, low: int, high: int
 ) -> int:
     text = single_param(request, name)
     if text is None:
