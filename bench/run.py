@@ -203,27 +203,35 @@ def paced_latency(
 ) -> list[dict[str, Any]]:
     """The service offered half the baseline's rate (32 paced connections),
     on each paced path at each seeded size in turn, round after round.
-    One row per path and size, with the medians."""
-    target_rps = baseline_rps / 2
-    delay_ms = 32 * 1000 / target_rps
+    One row per path and size, with the medians.
+
+    Each round ends with the smallest history once more (`again` in that
+    row): how far p99 moves between two runs of the same history in one
+    round is the noise that a change with history size is read against.
+    """
+    delay_ms = 32 * 1000 / (baseline_rps / 2)
+    smallest = min(sizes)
+
+    def paced(path: str) -> dict[str, Any]:
+        url = service.url + path
+        result = run_wrk(url, args.duration_s, delay_ms=delay_ms, script_dir=workdir)
+        return asdict(result)
+
     rows = []
     for label, template in PACED:
         runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+        again: list[dict[str, Any]] = []
         for _ in range(args.rounds):
             for size, coin in sizes.items():
-                result = run_wrk(
-                    service.url + template.format(coin=coin),
-                    args.duration_s,
-                    delay_ms=delay_ms,
-                    script_dir=workdir,
-                )
-                runs[size].append(asdict(result))
+                runs[size].append(paced(template.format(coin=coin)))
+            again.append(paced(template.format(coin=sizes[smallest])))
+
         for size, coin in sizes.items():
             row = {
                 "label": label,
                 "path": template.format(coin=coin),
                 "size": size,
-                "offered_rps": round(target_rps),
+                "offered_rps": round(baseline_rps / 2),
                 **{
                     key: statistics.median(r[key] for r in runs[size])
                     for key in ("rps", "p50_ms", "p99_ms")
@@ -231,6 +239,8 @@ def paced_latency(
                 "errors": sum(r["errors"] for r in runs[size]),
                 "runs": runs[size],
             }
+            if size == smallest:
+                row["again"] = again
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
