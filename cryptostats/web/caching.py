@@ -50,7 +50,8 @@ def cache_control(cron: str, now_s: float) -> str:
         return known.cache_control
 
     upcoming_s = known.upcoming_tick_s if known else 0.0
-    if upcoming_s <= now_s:
+    # Worked out again once it passed, or when the clock was set back.
+    if upcoming_s <= now_s or (known is not None and second < known.second):
         after = datetime.fromtimestamp(now_s, UTC)
         upcoming_s = next_tick(cron, after).timestamp()
     max_age_s = max(0, math.ceil(upcoming_s - now_s))
