@@ -3,6 +3,8 @@ metrics, caching, request ids and hostile input, on real NATS and SecantusDB."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -482,6 +484,33 @@ async def test_every_unanswered_path_or_method_is_a_counted_json_error(
     assert answer[2]["X-Request-Id"]
     assert ("Allow" in answer[2]) == (status == 405)
     assert sample("cryptostats_http_requests_total", **labels) - before == 1
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "OPTIONS * HTTP/1.1",
+        "CONNECT example.com:443 HTTP/1.1",
+        "GET http://example.com HTTP/1.1",
+    ],
+)
+async def test_a_request_target_that_is_no_path_is_a_json_404(
+    api_settings: Settings, request_line: str
+) -> None:
+    async with run_actors(api_settings) as api:
+        host, port = api.http_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"{request_line}\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = await reader.read()
+        finally:
+            writer.close()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert json.loads(body)["error"]["code"] == "not_found"
 
 
 @pytest.mark.parametrize("where", ["url", "header"])
