@@ -22,6 +22,7 @@ class Validated(NamedTuple):
 
     @classmethod
     def of(cls, body: bytes, observed_at: datetime) -> Validated:
+        """`body` of the quote observed at `observed_at`."""
         modified_at = observed_at.astimezone(UTC).replace(microsecond=0)
         return cls(body, modified_at, format_datetime(modified_at, usegmt=True))
 
