@@ -262,6 +262,29 @@ async def test_if_modified_since_is_ignored_beside_if_none_match_or_in_the_futur
     assert body
 
 
+@pytest.mark.parametrize(
+    "since",
+    [
+        "yesterday",
+        "Sat, 31 Jan 99999999999 00:00:00 GMT",
+        "Sat, 31 Jan 2026 99999999999:00:00 GMT",
+    ],
+)
+async def test_an_if_modified_since_that_is_no_date_is_ignored(
+    api_settings: Settings, since: str
+) -> None:
+    async with run_actors(api_settings) as api:
+        await seed(api_settings, [quote_at(T0, 5.0)])
+        url = f"{api.http_url}/stats?coin=bitcoin"
+
+        with structlog.testing.capture_logs() as events:
+            status, _, body = await get(url, **{"If-Modified-Since": since})
+
+    assert status == 200
+    assert body
+    assert not [e for e in events if e["log_level"] == "error"]
+
+
 async def test_each_request_has_an_id_in_its_header_and_access_log_line(
     api_settings: Settings,
 ) -> None:

@@ -67,12 +67,16 @@ def not_modified(request: web.BaseRequest, modified_at: datetime) -> bool:
 
     As HTTP has it (RFC 9110, 13.1.3): the date is ignored when the request
     also carries `If-None-Match` (we send no ETag, so nothing matches it),
-    and when it lies in the future.
+    and when it lies in the future or is not a date (aiohttp's parser
+    raises OverflowError on a year or hour too large for a datetime).
     """
     headers = request.headers
     if hdrs.IF_MODIFIED_SINCE not in headers or hdrs.IF_NONE_MATCH in headers:
         return False
-    since = request.if_modified_since
+    try:
+        since = request.if_modified_since
+    except OverflowError:
+        return False
     if since is None or since > datetime.now(UTC):
         return False
 
