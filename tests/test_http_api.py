@@ -97,6 +97,21 @@ async def test_history_pages_newest_first_following_the_cursor(
         }
 
 
+async def test_a_last_page_that_is_exactly_full_has_no_next_cursor(
+    api_settings: Settings,
+) -> None:
+    async with run_actors(api_settings) as api:
+        await seed(api_settings, [quote_at(T0 + i * TICK, 1.0 + i) for i in range(8)])
+        url = f"{api.http_url}/history?coin=bitcoin&limit=4"
+
+        _, first = await get_json(url)
+        _, last = await get_json(f"{url}&before={first['nextBefore']}")
+
+    assert first["nextBefore"] == to_iso(T0 + 4 * TICK)
+    assert [q["price"] for q in last["quotes"]] == [4.0, 3.0, 2.0, 1.0]
+    assert last["nextBefore"] is None
+
+
 async def test_history_crosses_a_long_gap_and_stops_at_the_start(
     api_settings: Settings,
 ) -> None:

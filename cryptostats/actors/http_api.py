@@ -169,13 +169,14 @@ class HttpApi:
             await self._ask_store(query, subjects.QUERY_HISTORY)
         )
         quotes = answer.get("quotes", [])
-        full = len(quotes) == limit
+        # A Store from before `more` was added: a full page may not be the last.
+        more = answer.get("more", len(quotes) == limit)
 
         return json_response(
             {
                 "coin": coin,
                 "quotes": quotes,
-                "nextBefore": quotes[-1]["observedAt"] if full else None,
+                "nextBefore": quotes[-1]["observedAt"] if more else None,
             }
         )
 

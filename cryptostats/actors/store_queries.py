@@ -75,10 +75,12 @@ async def latest(
 async def history(
     query: dict[str, Any], store: QuoteStore, settings: Settings
 ) -> dict[str, Any]:
-    """`{"coin", "limit", "before"}` -> up to `limit` quotes, newest first.
+    """`{"coin", "limit", "before"}` -> up to `limit` quotes, newest first,
+    and `more`: whether an older quote exists.
 
     The page starts at `before` or just after the coin's latest quote,
-    whichever is earlier.
+    whichever is earlier. One quote more than `limit` is read to tell
+    whether this page is the last.
     """
     coin, limit = _coin(query), query.get("limit")
     if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
@@ -88,13 +90,17 @@ async def history(
         raise ValueError("'before' must be an ISO 8601 time")
     document = await store.latest(coin, settings.coins.vs_currency)
     if document is None:
-        return {"quotes": []}
+        return {"quotes": [], "more": False}
 
     start = None if before is None else from_iso(before)
-    page = await store.history(_page(coin, document, limit, settings, start))
+    page = await store.history(_page(coin, document, limit + 1, settings, start))
     log.debug("history_read", coin=coin, quotes=len(page.quotes), windows=page.windows)
+    quotes = page.quotes[:limit]
 
-    return {"quotes": [_history_json(document) for document in page.quotes]}
+    return {
+        "quotes": [_history_json(document) for document in quotes],
+        "more": len(page.quotes) > limit,
+    }
 
 
 async def coins(
