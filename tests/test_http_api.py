@@ -471,6 +471,18 @@ async def test_unknown_routes_and_wrong_methods_get_json_errors(
         assert "GET" in wrong[2]
 
 
+async def test_a_404_repeats_no_more_than_256_characters_of_the_path(
+    api_settings: Settings,
+) -> None:
+    path = "/" + "x" * 10_000
+
+    async with run_actors(api_settings) as api:
+        status, body = await get_json(api.http_url + path)
+
+    assert status == 404
+    assert body["error"]["message"] == f"Not Found: GET {path[:256]}"
+
+
 async def test_uncommon_methods_share_one_metrics_label(api_settings: Settings) -> None:
     labels = {"route": "unmatched", "method": "other", "status": "405"}
     before = sample("cryptostats_http_requests_total", **labels)

@@ -12,6 +12,9 @@ from cryptostats.messages import dumps
 
 log = structlog.get_logger("cryptostats.http_api", actor="http_api")
 
+# The most of a request's path that an error body or a log line repeats.
+MAX_SHOWN_PATH = 256
+
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
@@ -67,5 +70,8 @@ def _http_error(request: web.BaseRequest, exc: web.HTTPException) -> web.Respons
     headers = {hdrs.ALLOW: exc.headers[hdrs.ALLOW]} if hdrs.ALLOW in exc.headers else {}
 
     return error_response(
-        exc.status, code, f"{exc.reason}: {request.method} {request.path}", headers
+        exc.status,
+        code,
+        f"{exc.reason}: {request.method} {request.path[:MAX_SHOWN_PATH]}",
+        headers,
     )

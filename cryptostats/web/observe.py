@@ -16,14 +16,13 @@ from aiohttp import web
 
 from cryptostats import metrics
 from cryptostats.logs import REQUEST_ID, enabled_for
-from cryptostats.web.errors import Handler, error_answer
+from cryptostats.web.errors import MAX_SHOWN_PATH, Handler, error_answer
 
 log = structlog.get_logger("cryptostats.http_api", actor="http_api")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # A caller's own request id is kept when it is this tame; otherwise we make one.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-MAX_LOGGED_PATH = 256
 # The route label of requests no route answers (404s and 405s).
 UNMATCHED = "unmatched"
 # Method labels: a client may send any token as a method, and each new
@@ -131,7 +130,7 @@ def _log(
     log.info(
         "http_request",
         method=request.method,
-        path=request.path[:MAX_LOGGED_PATH],
+        path=request.path[:MAX_SHOWN_PATH],
         route=route,
         status=status,
         elapsed_ms=round(elapsed_s * 1000, 2),
