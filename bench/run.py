@@ -26,7 +26,7 @@ import aiohttp
 
 from bench import ingest, report, ticks
 from bench.procs import Meter, rss_mb
-from bench.wrk import require_wrk, run_wrk
+from bench.wrk import require_wrk, run_side_by_side, run_wrk
 from cryptostats import embedded
 from cryptostats.main import connect_nats
 
@@ -186,10 +186,7 @@ def metered(meter: Meter, url: str, args: Any) -> dict[str, Any]:
 def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": runs}
     for side, results in runs.items():
-        out[side] = {
-            key: statistics.median(r[key] for r in results)
-            for key in ("rps", "p50_ms", "p99_ms")
-        } | {"errors": sum(r["errors"] for r in results)}
+        out[side] = _median_of(results)
     out["ratio"] = report.paired_ratio(runs)
     return out
 
@@ -203,28 +200,18 @@ def paced_latency(
 ) -> list[dict[str, Any]]:
     """The service offered half the baseline's rate (32 paced connections),
     on each paced path at each seeded size in turn, round after round.
-    One row per path and size, with the medians.
-
-    Each round ends with the smallest history once more (`again` in that
-    row): how far p99 moves between two runs of the same history in one
-    round is the noise that a change with history size is read against.
-    """
+    One row per path and size, with the medians."""
     delay_ms = 32 * 1000 / (baseline_rps / 2)
-    smallest = min(sizes)
-
-    def paced(path: str) -> dict[str, Any]:
-        url = service.url + path
-        result = run_wrk(url, args.duration_s, delay_ms=delay_ms, script_dir=workdir)
-        return asdict(result)
-
     rows = []
     for label, template in PACED:
         runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
-        again: list[dict[str, Any]] = []
         for _ in range(args.rounds):
             for size, coin in sizes.items():
-                runs[size].append(paced(template.format(coin=coin)))
-            again.append(paced(template.format(coin=sizes[smallest])))
+                url = service.url + template.format(coin=coin)
+                result = run_wrk(
+                    url, args.duration_s, delay_ms=delay_ms, script_dir=workdir
+                )
+                runs[size].append(asdict(result))
 
         for size, coin in sizes.items():
             row = {
@@ -232,18 +219,76 @@ def paced_latency(
                 "path": template.format(coin=coin),
                 "size": size,
                 "offered_rps": round(baseline_rps / 2),
-                **{
-                    key: statistics.median(r[key] for r in runs[size])
-                    for key in ("rps", "p50_ms", "p99_ms")
-                },
-                "errors": sum(r["errors"] for r in runs[size]),
+                **_median_of(runs[size]),
                 "runs": runs[size],
             }
-            if size == smallest:
-                row["again"] = again
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+# Side by side at full load: connections per wrk (three make about 32).
+SIDE_CONNECTIONS = 10
+# Side by side at half rate: each connection's pause; the count of
+# connections sets the rate, since wrk paces in whole milliseconds.
+SIDE_DELAY_MS = 4
+
+
+def side_by_side(
+    service: Service,
+    baseline_rps: float,
+    sizes: dict[int, str],
+    args: Any,
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """req/s and p99 of the smallest and the largest history measured at once.
+
+    Run one after the other, two runs of the same history differ in p99
+    by 10-30% on this shared machine: whatever else it does in a run
+    falls on that run alone. Here three wrk processes run at the same
+    time, on the smallest history, on the smallest again, and on the
+    largest: at full load, where they share the service, and paced to
+    half the baseline's rate together. The change with history size is
+    read within each round; the two runs of the smallest history show
+    what noise is left. One row per paced path.
+    """
+    sides = report.SIDES
+    rate_each = baseline_rps / 2 / len(sides)
+    paced_connections = max(1, round(rate_each * SIDE_DELAY_MS / 1000))
+    coins = {"smallest": sizes[min(sizes)], "again": sizes[min(sizes)]}
+    coins["largest"] = sizes[max(sizes)]
+    rows = []
+    for label, template in PACED:
+        urls = [service.url + template.format(coin=coins[side]) for side in sides]
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            mode: {side: [] for side in sides} for mode in ("full", "paced")
+        }
+        for _ in range(args.rounds):
+            full = run_side_by_side(urls, args.duration_s, SIDE_CONNECTIONS)
+            paced = run_side_by_side(
+                urls, args.duration_s, paced_connections, SIDE_DELAY_MS, workdir
+            )
+            for mode, results in (("full", full), ("paced", paced)):
+                for side, result in zip(sides, results, strict=True):
+                    runs[mode][side].append(asdict(result))
+
+        row = {
+            "label": label,
+            "sizes": {"smallest": min(sizes), "largest": max(sizes)},
+            "offered_rps": round(paced_connections * 1000 / SIDE_DELAY_MS * 3),
+            "runs": runs,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    medians = {
+        key: statistics.median(r[key] for r in runs)
+        for key in ("rps", "p50_ms", "p99_ms")
+    }
+    return medians | {"errors": sum(r["errors"] for r in runs)}
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -318,6 +363,9 @@ async def _measure(args, workdir, env, nats_server, mongo_server, results) -> No
         )
         results["paced"] = await asyncio.to_thread(
             paced_latency, service, baseline_rps, sizes, args, workdir
+        )
+        results["side_by_side"] = await asyncio.to_thread(
+            side_by_side, service, baseline_rps, sizes, args, workdir
         )
         results["soak_s"] = round(time.monotonic() - soak_started)
         results["rss_end_mb"] = {name: rss_mb(pid) for name, pid in pids.items()}

@@ -48,6 +48,43 @@ def run_wrk(
     script_dir: Path | None = None,
 ) -> WrkResult:
     """Run wrk against `url`; with `delay_ms`, pace each connection."""
+    argv = _argv(duration_s, threads, connections, delay_ms, script_dir)
+    output = subprocess.run(
+        [*argv, url], capture_output=True, text=True, check=True
+    ).stdout
+
+    return parse(output)
+
+
+def run_side_by_side(
+    urls: list[str],
+    duration_s: int,
+    connections: int,
+    delay_ms: float | None = None,
+    script_dir: Path | None = None,
+) -> list[WrkResult]:
+    """One wrk per URL (one thread each), all running at once, so that
+    whatever the machine does meanwhile falls on every URL alike; with
+    `delay_ms`, each connection is paced."""
+    argv = _argv(duration_s, 1, connections, delay_ms, script_dir)
+    processes = [
+        subprocess.Popen([*argv, url], stdout=subprocess.PIPE, text=True)
+        for url in urls
+    ]
+    outputs = [process.communicate()[0] for process in processes]
+    if any(process.returncode for process in processes):
+        raise RuntimeError(f"wrk failed on one of {urls}")
+
+    return [parse(output) for output in outputs]
+
+
+def _argv(
+    duration_s: int,
+    threads: int,
+    connections: int,
+    delay_ms: float | None,
+    script_dir: Path | None,
+) -> list[str]:
     argv = [
         require_wrk(),
         f"-t{threads}",
@@ -59,10 +96,8 @@ def run_wrk(
         script = script_dir / "paced.lua"
         script.write_text(PACED_SCRIPT.format(delay_ms=max(0, int(delay_ms))))
         argv += ["-s", str(script)]
-    output = subprocess.run(
-        [*argv, url], capture_output=True, text=True, check=True
-    ).stdout
-    return parse(output)
+
+    return argv
 
 
 def parse(output: str) -> WrkResult:
