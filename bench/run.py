@@ -275,7 +275,7 @@ def side_by_side(
         row = {
             "label": label,
             "sizes": {"smallest": min(sizes), "largest": max(sizes)},
-            "offered_rps": round(paced_connections * 1000 / SIDE_DELAY_MS * 3),
+            "offered_rps": round(paced_connections * 1000 / SIDE_DELAY_MS * len(sides)),
             "runs": runs,
         }
         rows.append(row)
