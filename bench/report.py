@@ -10,8 +10,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-# The runs of the side-by-side latency measure: the smallest history, the
-# smallest again, the largest.
+# The wrk runs of the side-by-side measure (req/s at full load, p99 at half
+# rate), all at once: the smallest history, the smallest again, the largest.
 SIDES = ("smallest", "again", "largest")
 
 NOTES = [
